@@ -1,0 +1,34 @@
+"""Installs the simclr package (library under simclr/, command lines under tf2/)."""
+
+import setuptools
+
+setuptools.setup(
+    name='simclr-tf2',
+    version='0.1.0',
+    description=('SimCLR and SimCLRv2 (contrastive pretraining, fine-tuning '
+                 'on few labels, distillation) in TensorFlow 2 / tf_keras.'),
+    packages=setuptools.find_packages(include=['simclr', 'simclr.*', 'tf2']),
+    python_requires='>=3.10',
+    install_requires=[
+        # Pins TensorFlow 2.20 and brings tf-keras, tensorflow-datasets,
+        # tensorflow-hub and orbit.
+        'tf-models-official==2.20.*',
+        'absl-py',
+        # Bundles the UCI handwritten digits used as the embedded dataset.
+        'scikit-learn',
+    ],
+    extras_require={
+        'test': [
+            'pytest',
+            'nbclient',
+            'nbformat',
+            'ipykernel',
+            'matplotlib',
+        ],
+    },
+    entry_points={
+        'console_scripts': [
+            'simclr-model-zoo=tf2.model_zoo:run',
+        ],
+    },
+)

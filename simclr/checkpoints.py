@@ -1,0 +1,391 @@
+"""Loading models: published-format SavedModels and checkpoints (those of
+gs://simclr-checkpoints-tf2 and of the published `tf2/run.py`), and our own
+checkpoints, with the architecture inferred and every variable accounted for.
+
+Published files are read through their object graph (attribute names and list
+positions of the published Keras layers, e.g.
+`model/resnet_model/block_groups/0/layers/0/conv2d_bn_layers/0/conv2d/kernel`),
+never through Keras' auto-generated variable names, which differ between
+exports of the same architecture.
+"""
+
+import os
+import re
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+from simclr.configs import ModelConfig
+from simclr.models import resnet as resnet_lib
+from simclr.models.simclr_model import SimCLRModel
+from simclr.models.simclr_model import build_model
+
+# Our own model_dirs and exports carry the ModelConfig in this file.
+MODEL_CONFIG_FILE = 'model_config.json'
+# Children of a checkpointed object that are aliases of other children (lists
+# of all variables, Keras bookkeeping), not structure.
+_ALIAS_CHILDREN = frozenset([
+    'variables', 'trainable_variables', 'non_trainable_variables',
+    'trainable_weights', 'non_trainable_weights', 'weights', 'keras_api',
+    'trainable_variables_list', 'layer_metrics', 'signatures',
+    '_self_unconditional_dependency_names'
+])
+_BN_VARIABLES = ('gamma', 'beta', 'moving_mean', 'moving_variance')
+
+
+class CheckpointError(ValueError):
+  """A path that is not a loadable model, or whose variables do not fit."""
+
+
+# ---------------------------------------------------------------------------
+# Locating and reading files.
+
+
+def resolve_checkpoint(path: str) -> Tuple[str, str]:
+  """Returns (kind, prefix) for a SavedModel dir, a model_dir, or a checkpoint
+  prefix. kind is 'saved_model' or 'checkpoint'; prefix is what
+  tf.train.load_checkpoint reads."""
+  if not path:
+    raise CheckpointError('no checkpoint path given')
+  if tf.io.gfile.isdir(path):
+    if tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')):
+      prefix = os.path.join(path, 'variables', 'variables')
+      if not tf.io.gfile.exists(prefix + '.index'):
+        raise CheckpointError(
+            f'{path}: SavedModel without variables/variables.index')
+      return 'saved_model', prefix
+    latest = tf.train.latest_checkpoint(path)
+    if latest:
+      return 'checkpoint', latest
+    indexes = sorted(tf.io.gfile.glob(os.path.join(path, '*.index')))
+    if len(indexes) == 1:
+      return 'checkpoint', indexes[0][:-len('.index')]
+    raise CheckpointError(
+        f'{path}: expected a SavedModel (saved_model.pb), a model_dir with a '
+        f'"checkpoint" file, or a checkpoint prefix; found '
+        f'{sorted(tf.io.gfile.listdir(path))[:10]}')
+  if tf.io.gfile.exists(path + '.index'):
+    return 'checkpoint', path
+  if path.endswith('.index') and tf.io.gfile.exists(path):
+    return 'checkpoint', path[:-len('.index')]
+  raise CheckpointError(
+      f'{path}: does not exist (expected a SavedModel directory, a model_dir '
+      f'or a checkpoint prefix such as model_dir/ckpt-1000)')
+
+
+def object_graph_paths(prefix: str) -> Dict[str, str]:
+  """Maps every structural path of a variable in the checkpoint at `prefix`
+  (e.g. 'model/resnet_model/.../kernel') to its checkpoint key."""
+  reader = tf.train.load_checkpoint(prefix)
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
+  paths = {}
+
+  def walk(node_id, path, on_path):
+    node = graph.nodes[node_id]
+    for attribute in node.attributes:
+      if attribute.name == 'VARIABLE_VALUE':
+        paths['/'.join(path)] = attribute.checkpoint_key
+    for child in node.children:
+      if child.local_name in _ALIAS_CHILDREN or child.node_id in on_path:
+        continue
+      walk(child.node_id, path + [child.local_name], on_path | {child.node_id})
+
+  walk(0, [], frozenset([0]))
+  return paths
+
+
+# ---------------------------------------------------------------------------
+# Our model <-> published object-graph paths.
+
+
+def _bn_paths(batch_norm_relu, path) -> Iterator[Tuple[tf.Variable, str]]:
+  bn = batch_norm_relu.bn
+  for name in _BN_VARIABLES:
+    variable = getattr(bn, name, None)
+    if variable is not None:
+      yield variable, f'{path}/bn/{name}'
+
+
+def _conv_paths(conv, path) -> Iterator[Tuple[tf.Variable, str]]:
+  """conv: Conv2dFixedPadding (published path holds a `conv2d` child)."""
+  yield conv.conv2d.kernel, f'{path}/conv2d/kernel'
+
+
+def _shortcut_paths(shortcut, path):
+  # Published list: [FixedPadding (strided), AvgPool, conv, BN] with ResNet-D,
+  # [conv, BN] otherwise; only positions holding variables appear.
+  first = 0
+  if shortcut.resnet_d:
+    first = 2 if shortcut.strides > 1 else 1
+  yield from _conv_paths(shortcut.conv, f'{path}/{first}')
+  yield from _bn_paths(shortcut.bn, f'{path}/{first + 1}')
+
+
+def _se_paths(se, path):
+  for name in ('se_reduce', 'se_expand'):
+    layer = getattr(se, name)
+    yield layer.kernel, f'{path}/{name}/kernel'
+    yield layer.bias, f'{path}/{name}/bias'
+
+
+def _block_paths(block, path):
+  if isinstance(block, resnet_lib.ResidualBlock):
+    if block.shortcut is not None:
+      yield from _shortcut_paths(block.shortcut, f'{path}/shortcut_layers')
+    layers = f'{path}/conv2d_bn_layers'
+    yield from _conv_paths(block.conv1, f'{layers}/0')
+    yield from _bn_paths(block.bn1, f'{layers}/1')
+    yield from _conv_paths(block.conv2, f'{layers}/2')
+    yield from _bn_paths(block.bn2, f'{layers}/3')
+    if block.se is not None:
+      yield from _se_paths(block.se, f'{path}/se_layer')
+    return
+  if block.shortcut is not None:
+    yield from _shortcut_paths(block.shortcut, f'{path}/projection_layers')
+  # Published list: conv, BN, DropBlock, (SK | conv, BN), DropBlock, conv, BN,
+  # DropBlock, [SE].
+  layers = f'{path}/conv_relu_dropblock_layers'
+  yield from _conv_paths(block.conv1, f'{layers}/0')
+  yield from _bn_paths(block.bn1, f'{layers}/1')
+  if block.selective_kernel is not None:
+    sk, sk_path = block.selective_kernel, f'{layers}/3'
+    yield from _conv_paths(sk.conv_two_streams,
+                           f'{sk_path}/conv2d_fixed_padding')
+    yield from _bn_paths(sk.bn_two_streams, f'{sk_path}/batch_norm_relu')
+    yield sk.conv_squeeze.kernel, f'{sk_path}/conv2d_0/kernel'
+    yield from _bn_paths(sk.bn_squeeze, f'{sk_path}/batch_norm_relu_1')
+    yield sk.conv_mixing.kernel, f'{sk_path}/conv2d_1/kernel'
+    last = 5
+  else:
+    yield from _conv_paths(block.conv2, f'{layers}/3')
+    yield from _bn_paths(block.bn2, f'{layers}/4')
+    last = 6
+  yield from _conv_paths(block.conv3, f'{layers}/{last}')
+  yield from _bn_paths(block.bn3, f'{layers}/{last + 1}')
+  if block.se is not None:
+    yield from _se_paths(block.se, f'{layers}/{last + 3}')
+
+
+def published_paths(model: SimCLRModel) -> List[Tuple[tf.Variable, str]]:
+  """Every variable of `model` with its path in a published checkpoint
+  (relative to the published Model object)."""
+  pairs = []
+  stem, prefix = model.resnet.stem, 'resnet_model/initial_conv_relu_max_pool'
+  # Published stem list: ResNet-D [conv, BN, conv, BN, conv, Identity, BN,
+  # MaxPool, Identity]; otherwise [conv, Identity, BN, ...].
+  for i, (conv, bn) in enumerate(zip(stem.deep_convs, stem.deep_bns)):
+    pairs += _conv_paths(conv, f'{prefix}/{2 * i}')
+    pairs += _bn_paths(bn, f'{prefix}/{2 * i + 1}')
+  last = 2 * len(stem.deep_convs)
+  pairs += _conv_paths(stem.conv, f'{prefix}/{last}')
+  pairs += _bn_paths(stem.bn, f'{prefix}/{last + 2}')
+  for g, group in enumerate(model.resnet.block_groups):
+    for b, block in enumerate(group.blocks):
+      pairs += _block_paths(block,
+                            f'resnet_model/block_groups/{g}/layers/{b}')
+  if model.projection_head is not None:
+    for j, layer in enumerate(model.projection_head.head_layers):
+      path = f'_projection_head/linear_layers/{j}'
+      pairs.append((layer.dense.kernel, f'{path}/dense/kernel'))
+      pairs += _bn_paths(layer.bn, f'{path}/bn_relu')
+  if model.supervised_head is not None:
+    dense = model.supervised_head.dense
+    pairs.append((dense.kernel, 'supervised_head/linear_layer/dense/kernel'))
+    pairs.append((dense.bias, 'supervised_head/linear_layer/dense/bias'))
+  return pairs
+
+
+def _published_model_root(paths: Dict[str, str]) -> Optional[str]:
+  """The object-graph prefix of the published Model ('model/' for both the
+  SavedModel module and run.py's checkpoint), or None if not published."""
+  for path in paths:
+    match = re.match(r'^(.*?)resnet_model/', path)
+    if match:
+      return match.group(1)
+  return None
+
+
+def infer_published_config(paths: Dict[str, str],
+                           shapes: Dict[str, List[int]]) -> ModelConfig:
+  """Architecture of a published model from its structural variable paths
+  (relative to the Model) and their shapes."""
+  def has(pattern):
+    return any(re.search(pattern, p) for p in paths)
+
+  def shape(path):
+    return shapes[paths[path]]
+
+  groups = {}
+  for p in paths:
+    match = re.match(r'resnet_model/block_groups/(\d+)/layers/(\d+)/', p)
+    if match:
+      groups.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
+  if sorted(groups) != [0, 1, 2, 3]:
+    raise CheckpointError(
+        f'expected 4 block groups under resnet_model/block_groups, found '
+        f'{sorted(groups)}')
+  blocks = tuple(len(groups[g]) for g in range(4))
+  basic = has(r'^resnet_model/block_groups/0/layers/0/conv2d_bn_layers/')
+  kind = 'basic' if basic else 'bottleneck'
+  depths = [d for d, spec in resnet_lib.BLOCKS_PER_GROUP.items()
+            if spec == (kind, blocks)]
+  if not depths:
+    raise CheckpointError(
+        f'{kind} blocks per group {blocks} match no ResNet depth '
+        f'{sorted(resnet_lib.BLOCKS_PER_GROUP)}')
+
+  stem = 'resnet_model/initial_conv_relu_max_pool'
+  resnet_d_stem = f'{stem}/4/conv2d/kernel' in paths
+  stem_kernel = shape(f'{stem}/{4 if resnet_d_stem else 0}/conv2d/kernel')
+  width = stem_kernel[-1] / 64
+  if width == int(width):
+    width = int(width)
+  cifar = not resnet_d_stem and stem_kernel[0] == 3
+  if basic:
+    sk = has(r'/shortcut_layers/2/conv2d/kernel')
+  else:
+    sk = has(r'/conv_relu_dropblock_layers/3/conv2d_0/kernel')
+  sk = sk or resnet_d_stem
+  sk_ratio = 0.0
+  if sk:
+    sk_ratio = 0.0625
+    mixing = [(shape(p)[-1], shapes[paths[p.replace('conv2d_0', 'conv2d_1')]]
+               [-1] // 2) for p in paths if p.endswith('/conv2d_0/kernel')]
+    if any(max(int(f * sk_ratio), resnet_lib.SK_MIN_DIM) != m
+           for m, f in mixing):
+      mid, filters = max(mixing, key=lambda mf: mf[1])
+      sk_ratio = mid / filters
+  se_ratio = 0.0
+  se_kernels = [p for p in paths if p.endswith('se_reduce/kernel')]
+  if se_kernels:
+    last_group = [p for p in se_kernels if '/block_groups/3/' in p][0]
+    reduced = shape(last_group)[-1]
+    se_ratio = reduced / (stem_width_of(width) * 8)
+
+  head_layers = sorted({int(m.group(1)) for m in (
+      re.match(r'_projection_head/linear_layers/(\d+)/', p) for p in paths)
+                        if m})
+  if head_layers != list(range(len(head_layers))):
+    raise CheckpointError(f'projection head layers {head_layers} are not '
+                          f'numbered 0..n-1')
+  num_layers = len(head_layers)
+  proj_out_dim = 128
+  if num_layers:
+    proj_out_dim = shape(
+        f'_projection_head/linear_layers/{num_layers - 1}/dense/kernel')[-1]
+  sup_kernel = 'supervised_head/linear_layer/dense/kernel'
+  num_classes = shape(sup_kernel)[-1] if sup_kernel in paths else None
+  return ModelConfig(
+      resnet_depth=depths[0],
+      width_multiplier=width,
+      sk_ratio=sk_ratio,
+      se_ratio=se_ratio,
+      image_size=32 if cifar else 224,
+      num_classes=num_classes,
+      proj_head_mode='nonlinear' if num_layers else 'none',
+      num_proj_layers=max(num_layers, 1),
+      proj_out_dim=proj_out_dim,
+      global_bn=False)
+
+
+def stem_width_of(width_multiplier) -> int:
+  return resnet_lib.stem_width(width_multiplier)
+
+
+def _assign_published(model: SimCLRModel, prefix: str, root: str,
+                      paths: Dict[str, str], source: str):
+  """Copies every variable of `model` from the published checkpoint; raises
+  CheckpointError listing what is missing, left over, or of the wrong shape."""
+  reader = tf.train.load_checkpoint(prefix)
+  shapes = reader.get_variable_to_shape_map()
+  missing, wrong_shape, used = [], [], set()
+  pairs = published_paths(model)
+  for variable, path in pairs:
+    key = paths.get(root + path)
+    if key is None:
+      missing.append(path)
+      continue
+    used.add(root + path)
+    if list(shapes[key]) != variable.shape.as_list():
+      wrong_shape.append(
+          f'{path}: file {shapes[key]}, model {variable.shape.as_list()}')
+  unused = sorted(p for p in paths if p.startswith(root) and p not in used)
+  if missing or wrong_shape or unused:
+    lines = [f'{source}: the published-format variables do not fit the '
+             f'inferred architecture {model.config}']
+    for title, items in (('missing', missing), ('wrong shape', wrong_shape),
+                         ('not used', unused)):
+      if items:
+        lines.append(f'  {title} ({len(items)}): ' + '; '.join(items[:8]) +
+                     (' ...' if len(items) > 8 else ''))
+    raise CheckpointError('\n'.join(lines))
+  for variable, path in pairs:
+    variable.assign(reader.get_tensor(paths[root + path]))
+
+
+def _read_our_config(kind: str, prefix: str, path: str) -> Optional[str]:
+  candidates = []
+  if kind == 'saved_model':
+    candidates.append(os.path.join(path, 'assets', MODEL_CONFIG_FILE))
+  candidates.append(os.path.join(os.path.dirname(prefix), MODEL_CONFIG_FILE))
+  for candidate in candidates:
+    if tf.io.gfile.exists(candidate):
+      with tf.io.gfile.GFile(candidate) as f:
+        return f.read()
+  return None
+
+
+def restore_strict(checkpoint: tf.train.Checkpoint, prefix: str, source: str):
+  """Restores `checkpoint` and fails, naming them, if any of its variables got
+  no value (the published code's expect_partial() would train them from their
+  random initialisation without a word)."""
+  status = checkpoint.restore(prefix)
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as e:
+    raise CheckpointError(
+        f'{source}: does not provide every variable of the model: '
+        f'{str(e)[:2000]}') from None
+  return status
+
+
+def load_model(path: str, **config_overrides) -> SimCLRModel:
+  """Builds a SimCLRModel and loads its weights from `path`.
+
+  `path` is a published-format SavedModel or checkpoint (architecture inferred
+  from the variables), or one of ours (architecture read from its
+  model_config.json). `config_overrides` set what the files cannot tell (e.g.
+  ft_proj_selector, train_mode, fine_tune_after_block) or change the head
+  only where the variables still fit. Raises CheckpointError when the path is
+  none of these or the variables do not fit; nothing is left randomly
+  initialised.
+  """
+  kind, prefix = resolve_checkpoint(path)
+  try:
+    paths = object_graph_paths(prefix)
+  except (tf.errors.OpError, KeyError, ValueError) as e:
+    raise CheckpointError(f'{path}: unreadable checkpoint ({e})') from None
+  root = _published_model_root(paths)
+  our_config = _read_our_config(kind, prefix, path)
+  if our_config is not None:
+    config = ModelConfig.from_json(our_config).replace(**config_overrides)
+    model = build_model(config)
+    if kind == 'saved_model':
+      restore_strict(tf.train.Checkpoint(keras_model=model), prefix, path)
+    else:
+      restore_strict(tf.train.Checkpoint(model=model), prefix, path)
+    return model
+  if root is None:
+    raise CheckpointError(
+        f'{path}: found neither our {MODEL_CONFIG_FILE} nor the published '
+        f'model structure (resnet_model/block_groups/...); variables seen: '
+        f'{sorted(paths)[:5]}')
+  shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+  relative = {p[len(root):]: k for p, k in paths.items() if p.startswith(root)}
+  config = infer_published_config(relative, shapes)
+  config = config.replace(**config_overrides)
+  model = build_model(config)
+  _assign_published(model, prefix, root, paths, path)
+  return model
