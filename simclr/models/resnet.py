@@ -100,12 +100,13 @@ class SelectiveKernel(tf_keras.layers.Layer):
     self.conv_two_streams = Conv2dFixedPadding(2 * filters, 3, strides)
     self.bn_two_streams = BatchNormRelu(bn_momentum, synchronized=synchronized)
     mixing_dim = max(int(filters * sk_ratio), SK_MIN_DIM)
-    init = tf_keras.initializers.VarianceScaling()
     self.conv_squeeze = tf_keras.layers.Conv2D(
-        mixing_dim, 1, use_bias=False, kernel_initializer=init)
+        mixing_dim, 1, use_bias=False,
+        kernel_initializer=tf_keras.initializers.VarianceScaling())
     self.bn_squeeze = BatchNormRelu(bn_momentum, synchronized=synchronized)
     self.conv_mixing = tf_keras.layers.Conv2D(
-        2 * filters, 1, use_bias=False, kernel_initializer=init)
+        2 * filters, 1, use_bias=False,
+        kernel_initializer=tf_keras.initializers.VarianceScaling())
 
   def call(self, inputs, training=None):
     streams = self.conv_two_streams(inputs)
@@ -128,11 +129,12 @@ class SqueezeExcitation(tf_keras.layers.Layer):
     self.reduced_dim = max(1, int(filters * se_ratio))
 
   def build(self, input_shape):
-    init = tf_keras.initializers.VarianceScaling()
     self.se_reduce = tf_keras.layers.Conv2D(
-        self.reduced_dim, 1, use_bias=True, kernel_initializer=init)
+        self.reduced_dim, 1, use_bias=True,
+        kernel_initializer=tf_keras.initializers.VarianceScaling())
     self.se_expand = tf_keras.layers.Conv2D(
-        int(input_shape[-1]), 1, use_bias=True, kernel_initializer=init)
+        int(input_shape[-1]), 1, use_bias=True,
+        kernel_initializer=tf_keras.initializers.VarianceScaling())
     super().build(input_shape)
 
   def call(self, inputs, training=None):

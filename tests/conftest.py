@@ -1,0 +1,34 @@
+"""Test session setup: the host CPU is split into logical devices before
+TensorFlow initialises, so multi-replica code paths (MirroredStrategy over
+'/cpu:0', '/cpu:1') run on a CPU-only machine."""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+NUM_LOGICAL_CPUS = 2
+SHARED_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared')
+REFERENCE_DIR = os.path.join(SHARED_DIR, 'reference')
+
+_cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS)
+
+
+@pytest.fixture
+def two_replica_strategy():
+  """MirroredStrategy over two logical CPU devices."""
+  return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+
+
+def reference_dir(name):
+  """Path of ../shared/reference/<name>, or skips the test when the shared
+  folder is not beside the checkout (a user's clone)."""
+  path = os.path.join(REFERENCE_DIR, name)
+  if not os.path.isdir(path):
+    pytest.skip(f'reference export {name} not found at {path} (../shared is '
+                f'only beside the checkout in the project\'s CI)')
+  return path

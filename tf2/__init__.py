@@ -1,0 +1,1 @@
+"""Command-line entry points (flags are parsed here and nowhere else)."""
