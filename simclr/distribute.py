@@ -1,0 +1,101 @@
+"""Choosing the tf.distribute strategy: TPU, several GPUs, a multi-worker
+cluster (TF_CONFIG), or the CPU (optionally split into logical devices so that
+multi-replica code paths run on a CPU-only machine)."""
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+from absl import logging
+import tensorflow as tf
+
+
+@dataclasses.dataclass
+class StrategyConfig:
+  """Field names are the published flags, plus `num_logical_cpus` (testing:
+  split the host CPU into N replicas) and `strategy` ('auto' or an explicit
+  'tpu' | 'mirrored' | 'multi_worker' | 'cpu')."""
+  use_tpu: bool = True
+  tpu_name: Optional[str] = None
+  tpu_zone: Optional[str] = None
+  gcp_project: Optional[str] = None
+  master: Optional[str] = None
+  num_logical_cpus: int = 0
+  strategy: str = 'auto'
+
+
+def split_cpu(num_devices: int):
+  """Splits the first physical CPU into `num_devices` logical devices. Must
+  run before TensorFlow initialises its devices (before any op)."""
+  cpu = tf.config.list_physical_devices('CPU')[0]
+  existing = tf.config.get_logical_device_configuration(cpu)
+  if existing and len(existing) == num_devices:
+    return
+  tf.config.set_logical_device_configuration(
+      cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
+
+
+def _cluster_workers() -> int:
+  spec = json.loads(os.environ.get('TF_CONFIG', '{}') or '{}')
+  cluster = spec.get('cluster', {})
+  return len(cluster.get('worker', [])) + len(cluster.get('chief', []))
+
+
+def _tpu_strategy(config: StrategyConfig):
+  if config.tpu_name:
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+        config.tpu_name, zone=config.tpu_zone, project=config.gcp_project)
+  elif config.master:
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(config.master)
+  else:
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver('local')
+  tf.config.experimental_connect_to_cluster(resolver)
+  topology = tf.tpu.experimental.initialize_tpu_system(resolver)
+  logging.info('TPU topology: %d tasks, %d TPUs per task', topology.num_tasks,
+               topology.num_tpus_per_task)
+  return tf.distribute.TPUStrategy(resolver)
+
+
+def build_strategy(config: StrategyConfig) -> tf.distribute.Strategy:
+  """Returns the strategy to train under.
+
+  'auto': TPU when use_tpu and a TPU answers (falling back with a warning
+  when none does and no --tpu_name/--master was given, so that the published
+  default use_tpu=True still runs on GPUs and CPUs); otherwise
+  MultiWorkerMirroredStrategy when TF_CONFIG describes several workers,
+  MirroredStrategy over the local GPUs or logical CPUs when there are several,
+  and the single CPU/GPU otherwise.
+  """
+  kind = config.strategy
+  if config.num_logical_cpus > 1:
+    split_cpu(config.num_logical_cpus)
+  if kind == 'tpu' or (kind == 'auto' and config.use_tpu):
+    # Only a named TPU, a master address or TPU devices on this host are
+    # tried: a nameless resolver would query the cloud metadata server.
+    explicit = kind == 'tpu' or config.tpu_name or config.master
+    if explicit or tf.config.list_physical_devices('TPU'):
+      try:
+        return _tpu_strategy(config)
+      except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        raise ValueError(
+            f'--use_tpu: could not reach the TPU '
+            f'{config.tpu_name or config.master or "(local)"}: {e}') from None
+    else:
+      logging.warning('--use_tpu is on (the published default) but no TPU '
+                      'was found; running on %s instead. Pass '
+                      '--use_tpu=false to silence this.',
+                      'GPU' if tf.config.list_physical_devices('GPU')
+                      else 'CPU')
+  if kind == 'multi_worker' or (kind == 'auto' and _cluster_workers() > 1):
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  gpus = tf.config.list_logical_devices('GPU')
+  cpus = tf.config.list_logical_devices('CPU')
+  if gpus and (len(gpus) > 1 or kind == 'mirrored'):
+    return tf.distribute.MirroredStrategy([d.name for d in gpus])
+  if len(cpus) > 1 and not gpus:
+    return tf.distribute.MirroredStrategy([d.name for d in cpus])
+  if kind == 'mirrored':
+    return tf.distribute.MirroredStrategy()
+  device = gpus[0].name if gpus else cpus[0].name
+  return tf.distribute.OneDeviceStrategy(device)
