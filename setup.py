@@ -28,6 +28,7 @@ setuptools.setup(
     },
     entry_points={
         'console_scripts': [
+            'simclr-run=tf2.run:run_main',
             'simclr-model-zoo=tf2.model_zoo:run',
         ],
     },

@@ -373,7 +373,13 @@ def load_model(path: str, **config_overrides) -> SimCLRModel:
     config = ModelConfig.from_json(our_config).replace(**config_overrides)
     model = build_model(config)
     if kind == 'saved_model':
-      restore_strict(tf.train.Checkpoint(keras_model=model), prefix, path)
+      # simclr.export_saved_model keeps the variables at the published paths.
+      if root is None:
+        raise CheckpointError(
+            f'{path}: has our {MODEL_CONFIG_FILE} but no variables under the '
+            f'published model structure (model/resnet_model/...); variables '
+            f'seen: {sorted(paths)[:5]}')
+      _assign_published(model, prefix, root, paths, path)
     else:
       restore_strict(tf.train.Checkpoint(model=model), prefix, path)
     return model
@@ -389,3 +395,21 @@ def load_model(path: str, **config_overrides) -> SimCLRModel:
   model = build_model(config)
   _assign_published(model, prefix, root, paths, path)
   return model
+
+
+def copy_layer(source, target, source_name: str, what: str):
+  """Copies the variables of Keras layer `source` into `target`, an equally
+  structured layer, matching them by object structure (not by name or list
+  order, which differ between models and between frozen and trainable
+  layers). Raises CheckpointError if any variable of `target` got no value."""
+  scratch = f'ram://simclr_copy_layer/{id(source)}_{id(target)}/ckpt'
+  written = tf.train.Checkpoint(layer=source).write(scratch)
+  try:
+    status = tf.train.Checkpoint(layer=target).read(written)
+    status.assert_existing_objects_matched()
+  except (AssertionError, ValueError) as e:
+    raise CheckpointError(
+        f'{source_name}: its {what} does not match the model\'s: '
+        f'{str(e)[:1500]}') from None
+  finally:
+    tf.io.gfile.rmtree(os.path.dirname(scratch))

@@ -106,3 +106,106 @@ class ModelConfig:
 
   def replace(self, **changes) -> 'ModelConfig':
     return dataclasses.replace(self, **changes)
+
+
+LINEAR_EVAL_PROTOCOLS = ('cached', 'augmented')
+PRECISIONS = ('float32', 'bfloat16', 'float16')
+MODES = ('train', 'eval', 'train_then_eval')
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """The loop and objective of a run (what tf2/run.py's remaining flags say).
+
+  mode: 'train', 'eval' (evaluate the checkpoints of model_dir as they
+    appear, or `checkpoint`), 'train_then_eval'.
+  train_mode: 'pretrain' (NT-Xent, + memory when memory_size > 0), 'finetune'
+    (from `checkpoint`; without one, supervised training from scratch),
+    'distill' (student from `teacher_checkpoint`),
+    'linear_eval' (linear classifier on frozen final_avg_pool features of
+    `checkpoint`).
+  train_steps / train_epochs: train_steps > 0 overrides epochs; epochs give
+    num_examples * train_epochs // batch + 1 steps, as published.
+  checkpoint_steps / checkpoint_epochs: checkpoint interval (steps overrides).
+  steps_per_loop: steps inside one tf.function call between progress lines
+    and summaries (0: the checkpoint interval, as published).
+  memory_size / memory_momentum: SimCLRv2's memory of momentum keys (0: off).
+  distill_temperature / distill_alpha: Eq. 2 / Eq. 3 of SimCLRv2.
+  linear_eval_protocol: 'cached' (features of centre crops computed once, a
+    linear classifier trained on them) or 'augmented' (crop + flip each step,
+    the published protocol).
+  precision: Keras mixed-precision policy; losses, BN statistics, logits in
+    float32.
+  eval_wait_secs: in eval mode with no checkpoint yet, how long to wait for
+    one (0: fail at once).
+  """
+  mode: str = 'train'
+  train_mode: str = 'pretrain'
+  model_dir: Optional[str] = None
+  checkpoint: Optional[str] = None
+  teacher_checkpoint: Optional[str] = None
+  train_epochs: int = 100
+  train_steps: int = 0
+  eval_steps: int = 0
+  checkpoint_epochs: int = 1
+  checkpoint_steps: int = 0
+  steps_per_loop: int = 0
+  keep_checkpoint_max: int = 5
+  keep_hub_module_max: int = 1
+  temperature: float = 0.1
+  hidden_norm: bool = True
+  lineareval_while_pretraining: bool = True
+  memory_size: int = 0
+  memory_momentum: float = 0.999
+  distill_temperature: float = 1.0
+  distill_alpha: float = 1.0
+  linear_eval_protocol: str = 'cached'
+  linear_eval_epochs: int = 100
+  precision: str = 'float32'
+  jit_compile: bool = False
+  eval_name: Optional[str] = None
+  eval_wait_secs: float = 0
+  log_every_secs: float = 10
+
+  def __post_init__(self):
+    self.validate()
+
+  def validate(self):
+    def fail(field, expected):
+      raise ValueError(
+          f'TrainConfig.{field}={getattr(self, field)!r}: expected {expected}')
+
+    if self.mode not in MODES:
+      fail('mode', f'one of {MODES}')
+    if self.train_mode not in TRAIN_MODES:
+      fail('train_mode', f'one of {TRAIN_MODES}')
+    if self.temperature <= 0:
+      fail('temperature', '> 0')
+    if self.distill_temperature <= 0:
+      fail('distill_temperature', '> 0')
+    if not 0 <= self.distill_alpha <= 1:
+      fail('distill_alpha', 'in [0, 1]')
+    if self.memory_size < 0:
+      fail('memory_size', '>= 0 (0 disables the memory)')
+    if not 0 <= self.memory_momentum <= 1:
+      fail('memory_momentum', 'in [0, 1]')
+    if self.linear_eval_protocol not in LINEAR_EVAL_PROTOCOLS:
+      fail('linear_eval_protocol', f'one of {LINEAR_EVAL_PROTOCOLS}')
+    if self.precision not in PRECISIONS:
+      fail('precision', f'one of {PRECISIONS}')
+    for field in ('train_steps', 'eval_steps', 'checkpoint_steps',
+                  'steps_per_loop'):
+      if getattr(self, field) < 0:
+        fail(field, '>= 0')
+    if self.train_steps == 0 and self.train_epochs < 1:
+      fail('train_epochs', '>= 1 when train_steps is 0')
+    if self.checkpoint_steps == 0 and self.checkpoint_epochs < 1:
+      fail('checkpoint_epochs', '>= 1 when checkpoint_steps is 0')
+    if self.keep_checkpoint_max < 1:
+      fail('keep_checkpoint_max', '>= 1')
+    if self.train_mode == 'linear_eval' and not self.checkpoint:
+      fail('checkpoint', 'the checkpoint or SavedModel whose features '
+                         'linear evaluation trains on')
+    if self.train_mode == 'distill' and not self.teacher_checkpoint:
+      fail('teacher_checkpoint', 'the fine-tuned teacher (a checkpoint or '
+                                 'SavedModel) for distillation')

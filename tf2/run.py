@@ -1,0 +1,304 @@
+r"""SimCLR / SimCLRv2 training, evaluation, fine-tuning and distillation.
+
+Every flag of the published google-research/simclr tf2/run.py keeps its name,
+default and meaning, so existing command lines run unchanged; the flags after
+them are this project's additions. This file only parses flags into config
+objects (simclr.configs, simclr.data, simclr.optimization, simclr.distribute)
+and hands them to simclr.tasks.runner.
+
+  python tf2/run.py --train_mode=pretrain --dataset=cifar10 --image_size=32 \
+    --train_batch_size=512 --learning_rate=1.0 --temperature=0.5 \
+    --resnet_depth=18 --use_blur=False --color_jitter_strength=0.5 \
+    --model_dir=/tmp/simclr_test --use_tpu=False
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+FLAGS = flags.FLAGS
+
+# --- published flags (name, default, meaning) --------------------------------
+flags.DEFINE_float('learning_rate', 0.3,
+                   'Initial learning rate per batch size of 256.')
+flags.DEFINE_enum('learning_rate_scaling', 'linear', ['linear', 'sqrt'],
+                  'How to scale the learning rate as a function of batch '
+                  'size.')
+flags.DEFINE_float('warmup_epochs', 10, 'Number of epochs of warmup.')
+flags.DEFINE_float('weight_decay', 1e-6, 'Amount of weight decay to use.')
+flags.DEFINE_float('batch_norm_decay', 0.9, 'Batch norm decay parameter.')
+flags.DEFINE_integer('train_batch_size', 512, 'Batch size for training.')
+flags.DEFINE_string('train_split', 'train', 'Split for training.')
+flags.DEFINE_integer('train_epochs', 100, 'Number of epochs to train for.')
+flags.DEFINE_integer('train_steps', 0,
+                     'Number of steps to train for. If provided, overrides '
+                     'train_epochs.')
+flags.DEFINE_integer('eval_steps', 0,
+                     'Number of steps to eval for. If not provided, evals '
+                     'over entire dataset.')
+flags.DEFINE_integer('eval_batch_size', 256, 'Batch size for eval.')
+flags.DEFINE_integer('checkpoint_epochs', 1,
+                     'Number of epochs between checkpoints/summaries.')
+flags.DEFINE_integer('checkpoint_steps', 0,
+                     'Number of steps between checkpoints/summaries. If '
+                     'provided, overrides checkpoint_epochs.')
+flags.DEFINE_string('eval_split', 'validation', 'Split for evaluation.')
+flags.DEFINE_string('dataset', 'imagenet2012',
+                    'Name of a dataset: a TFDS name, "digits" (embedded '
+                    'real data) or "folder:/path/to/images".')
+flags.DEFINE_bool('cache_dataset', False,
+                  'Whether to cache the entire dataset in memory.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'train_then_eval'],
+                  'Whether to perform training or evaluation.')
+flags.DEFINE_enum('train_mode', 'pretrain',
+                  ['pretrain', 'finetune', 'distill', 'linear_eval'],
+                  'The train mode controls different objectives and '
+                  'trainable components (distill and linear_eval are '
+                  'additions).')
+flags.DEFINE_bool('lineareval_while_pretraining', True,
+                  'Whether to finetune supervised head while pretraining.')
+flags.DEFINE_string('checkpoint', None,
+                    'Loading from the given checkpoint for fine-tuning if a '
+                    'finetuning checkpoint does not already exist in '
+                    'model_dir. Ours (model_dir, checkpoint, SavedModel) or '
+                    'published-format (SavedModel or run.py checkpoint).')
+flags.DEFINE_bool('zero_init_logits_layer', False,
+                  'If True, zero initialize layers after avg_pool for '
+                  'supervised learning.')
+flags.DEFINE_integer('fine_tune_after_block', -1,
+                     'The layers after which block that we will fine-tune. '
+                     '-1 means fine-tuning everything. 0 means fine-tuning '
+                     'after stem block. 4 means fine-tuning just the linear '
+                     'head.')
+flags.DEFINE_string('master', None,
+                    'Address/name of the TensorFlow master to use.')
+flags.DEFINE_string('model_dir', None, 'Model directory for training.')
+flags.DEFINE_string('data_dir', None, 'Directory where dataset is stored.')
+flags.DEFINE_bool('use_tpu', True,
+                  'Whether to run on TPU. When no TPU is named (--tpu_name, '
+                  '--master) or present on this host, the run continues on '
+                  'GPUs/CPU with a warning.')
+flags.DEFINE_string('tpu_name', None, 'The Cloud TPU to use for training.')
+flags.DEFINE_string('tpu_zone', None, 'GCE zone where the Cloud TPU is.')
+flags.DEFINE_string('gcp_project', None, 'Project of the Cloud TPU.')
+flags.DEFINE_enum('optimizer', 'lars', ['momentum', 'adam', 'lars'],
+                  'Optimizer to use.')
+flags.DEFINE_float('momentum', 0.9, 'Momentum parameter.')
+flags.DEFINE_string('eval_name', None, 'Name for eval.')
+flags.DEFINE_integer('keep_checkpoint_max', 5,
+                     'Maximum number of checkpoints to keep.')
+flags.DEFINE_integer('keep_hub_module_max', 1,
+                     'Maximum number of Hub modules to keep.')
+flags.DEFINE_float('temperature', 0.1,
+                   'Temperature parameter for contrastive loss.')
+flags.DEFINE_boolean('hidden_norm', True,
+                     'L2-normalise the projections before the contrastive '
+                     'loss.')
+flags.DEFINE_enum('proj_head_mode', 'nonlinear',
+                  ['none', 'linear', 'nonlinear'],
+                  'How the head projection is done.')
+flags.DEFINE_integer('proj_out_dim', 128,
+                     'Number of head projection dimension.')
+flags.DEFINE_integer('num_proj_layers', 3,
+                     'Number of non-linear head layers.')
+flags.DEFINE_integer('ft_proj_selector', 0,
+                     'Which layer of the projection head to use during '
+                     'fine-tuning. 0 means no projection head, and -1 means '
+                     'the final layer.')
+flags.DEFINE_boolean('global_bn', True,
+                     'Whether to aggregate BN statistics across distributed '
+                     'cores.')
+flags.DEFINE_float('width_multiplier', 1,
+                   'Multiplier to change width of network (fractional '
+                   'widths such as 0.25 are an addition).')
+flags.DEFINE_integer('resnet_depth', 50, 'Depth of ResNet.')
+flags.DEFINE_float('sk_ratio', 0.,
+                   'If it is bigger than 0, it will enable SK. '
+                   'Recommendation: 0.0625.')
+flags.DEFINE_float('se_ratio', 0., 'If it is bigger than 0, it will enable '
+                   'SE.')
+flags.DEFINE_integer('image_size', 224, 'Input image size.')
+flags.DEFINE_float('color_jitter_strength', 1.0,
+                   'The strength of color jittering.')
+flags.DEFINE_boolean('use_blur', True,
+                     'Whether or not to use Gaussian blur for augmentation '
+                     'during pretraining.')
+
+# --- additions ----------------------------------------------------------------
+flags.DEFINE_integer('memory_size', 0,
+                     'SimCLRv2 memory: number of past momentum keys used as '
+                     'extra negatives (0: off; the paper uses 65536). Must '
+                     'be a multiple of 2 x train_batch_size.')
+flags.DEFINE_float('memory_momentum', 0.999,
+                   'EMA decay of the momentum encoder that produces the '
+                   'memory keys.')
+flags.DEFINE_string('teacher_checkpoint', None,
+                    'distill: the fine-tuned teacher (any form --checkpoint '
+                    'takes); kept fixed, in inference mode.')
+flags.DEFINE_float('distill_temperature', 1.0,
+                   'distill: temperature of teacher and student softmax '
+                   '(the paper uses 0.1 for fine-tuned teachers).')
+flags.DEFINE_float('distill_alpha', 1.0,
+                   'distill: weight of the distillation loss; below 1 the '
+                   'rest is labeled cross-entropy (SimCLRv2 Eq. 3).')
+flags.DEFINE_float('train_label_fraction', 1.0,
+                   'finetune: class-balanced fraction of the train split '
+                   'with labels (e.g. 0.01, 0.1); the chosen ids are '
+                   'written to model_dir.')
+flags.DEFINE_integer('label_subset_seed', 0,
+                     'Seed of the label subset draw.')
+flags.DEFINE_string('label_subset_file', None,
+                    'A file of example ids (one per line) to fine-tune on '
+                    'instead of a drawn fraction.')
+flags.DEFINE_enum('linear_eval_protocol', 'cached', ['cached', 'augmented'],
+                  'linear_eval: "cached" trains a linear classifier on '
+                  'features of centre crops computed once; "augmented" '
+                  'runs crops/flips through the frozen encoder every step '
+                  'as published.')
+flags.DEFINE_integer('linear_eval_epochs', 100,
+                     'linear_eval, cached protocol: epochs over the cached '
+                     'features.')
+flags.DEFINE_enum('precision', 'float32', ['float32', 'bfloat16', 'float16'],
+                  'Compute precision (Keras mixed-precision policy; losses, '
+                  'BN statistics and logits stay float32).')
+flags.DEFINE_bool('jit_compile', False, 'XLA-compile the train step.')
+flags.DEFINE_enum('strategy', 'auto',
+                  ['auto', 'tpu', 'mirrored', 'multi_worker', 'cpu'],
+                  'tf.distribute strategy (auto: TPU, TF_CONFIG cluster, '
+                  'GPUs, CPU, in that order).')
+flags.DEFINE_integer('num_logical_cpus', 0,
+                     'Testing: split the CPU into N logical devices and '
+                     'train on them as N replicas.')
+flags.DEFINE_integer('steps_per_loop', 0,
+                     'Steps per tf.function call between progress lines and '
+                     'summaries (0: the checkpoint interval, as published).')
+flags.DEFINE_float('eval_wait_secs', 0,
+                   'mode=eval: wait up to this long for new checkpoints in '
+                   'model_dir (0: evaluate the latest one and stop).')
+flags.DEFINE_integer('seed', None,
+                     'Seed for data order and augmentation (default: '
+                     'nondeterministic).')
+
+
+def build_configs():
+  """Flags -> RunConfigs. Raises ValueError naming the flag on bad values."""
+  from simclr import configs  # pylint: disable=g-import-not-at-top
+  from simclr import data
+  from simclr import distribute
+  from simclr import optimization
+  from simclr.tasks import runner
+  f = FLAGS
+  model = configs.ModelConfig(
+      resnet_depth=f.resnet_depth, width_multiplier=f.width_multiplier,
+      sk_ratio=f.sk_ratio, se_ratio=f.se_ratio, image_size=f.image_size,
+      num_classes=None, proj_head_mode=f.proj_head_mode,
+      num_proj_layers=f.num_proj_layers, proj_out_dim=f.proj_out_dim,
+      ft_proj_selector=f.ft_proj_selector,
+      batch_norm_decay=f.batch_norm_decay, global_bn=f.global_bn,
+      zero_init_logits_layer=f.zero_init_logits_layer,
+      fine_tune_after_block=f.fine_tune_after_block,
+      train_mode='finetune' if f.train_mode != 'pretrain' else 'pretrain')
+  data_config = data.DataConfig(
+      dataset=f.dataset, data_dir=f.data_dir, train_split=f.train_split,
+      eval_split=f.eval_split, train_batch_size=f.train_batch_size,
+      eval_batch_size=f.eval_batch_size, cache_dataset=f.cache_dataset,
+      image_size=f.image_size, color_jitter_strength=f.color_jitter_strength,
+      use_blur=f.use_blur, train_label_fraction=f.train_label_fraction,
+      label_subset_seed=f.label_subset_seed,
+      label_subset_file=f.label_subset_file, model_dir=f.model_dir,
+      seed=f.seed)
+  optimizer = optimization.OptimizerConfig(
+      optimizer=f.optimizer, learning_rate=f.learning_rate,
+      learning_rate_scaling=f.learning_rate_scaling,
+      warmup_epochs=f.warmup_epochs, weight_decay=f.weight_decay,
+      momentum=f.momentum, train_batch_size=f.train_batch_size,
+      train_epochs=f.train_epochs, train_steps=f.train_steps)
+  train = configs.TrainConfig(
+      mode=f.mode, train_mode=f.train_mode, model_dir=f.model_dir,
+      checkpoint=f.checkpoint, teacher_checkpoint=f.teacher_checkpoint,
+      train_epochs=f.train_epochs, train_steps=f.train_steps,
+      eval_steps=f.eval_steps, checkpoint_epochs=f.checkpoint_epochs,
+      checkpoint_steps=f.checkpoint_steps, steps_per_loop=f.steps_per_loop,
+      keep_checkpoint_max=f.keep_checkpoint_max,
+      keep_hub_module_max=f.keep_hub_module_max, temperature=f.temperature,
+      hidden_norm=f.hidden_norm,
+      lineareval_while_pretraining=f.lineareval_while_pretraining,
+      memory_size=f.memory_size, memory_momentum=f.memory_momentum,
+      distill_temperature=f.distill_temperature,
+      distill_alpha=f.distill_alpha,
+      linear_eval_protocol=f.linear_eval_protocol,
+      linear_eval_epochs=f.linear_eval_epochs, precision=f.precision,
+      jit_compile=f.jit_compile, eval_name=f.eval_name,
+      eval_wait_secs=f.eval_wait_secs)
+  strategy = distribute.StrategyConfig(
+      use_tpu=f.use_tpu, tpu_name=f.tpu_name, tpu_zone=f.tpu_zone,
+      gcp_project=f.gcp_project, master=f.master,
+      num_logical_cpus=f.num_logical_cpus, strategy=f.strategy)
+  return runner.RunConfigs(model=model, data=data_config, optimizer=optimizer,
+                           train=train, strategy=strategy)
+
+
+def _check_paths():
+  """Fails fast on checkpoints that do not exist."""
+  from simclr import checkpoints  # pylint: disable=g-import-not-at-top
+  for flag in ('checkpoint', 'teacher_checkpoint'):
+    path = getattr(FLAGS, flag)
+    if path:
+      try:
+        checkpoints.resolve_checkpoint(path)
+      except checkpoints.CheckpointError as e:
+        raise ValueError(f'--{flag}: {e}') from None
+
+
+def _flag_error_name(message: str) -> str:
+  """'ModelConfig.resnet_depth=42: ...' -> '--resnet_depth=42: ...'."""
+  for prefix in ('ModelConfig.', 'DataConfig.', 'OptimizerConfig.',
+                 'TrainConfig.'):
+    message = message.replace(prefix, '--')
+  return message
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+  from simclr import checkpoints  # pylint: disable=g-import-not-at-top
+  from simclr.tasks import runner
+  bad_input = (ValueError, checkpoints.CheckpointError, runner.RunError)
+  try:
+    if FLAGS.num_logical_cpus > 1:
+      # Before anything initialises TensorFlow's devices.
+      from simclr import distribute  # pylint: disable=g-import-not-at-top
+      distribute.split_cpu(FLAGS.num_logical_cpus)
+    configs = build_configs()
+    _check_paths()
+    run = runner.Run(configs, flags_dict=FLAGS.flag_values_dict())
+  except bad_input as e:
+    _fail(e)
+  try:
+    run.run()
+  except (checkpoints.CheckpointError, runner.RunError) as e:
+    _fail(e)
+
+
+def _fail(error):
+  """One line naming the flag or file, exit code 2; the traceback only with
+  --verbosity >= 1."""
+  if FLAGS.verbosity >= 1:
+    raise error
+  message = _flag_error_name(str(error))
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def run_main():
+  """Console-script entry point."""
+  app.run(main)
+
+
+if __name__ == '__main__':
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                  '..'))
+  run_main()
