@@ -60,12 +60,12 @@ def _tpu_strategy(config: StrategyConfig):
 def build_strategy(config: StrategyConfig) -> tf.distribute.Strategy:
   """Returns the strategy to train under.
 
-  'auto': TPU when use_tpu and a TPU answers (falling back with a warning
-  when none does and no --tpu_name/--master was given, so that the published
-  default use_tpu=True still runs on GPUs and CPUs); otherwise
-  MultiWorkerMirroredStrategy when TF_CONFIG describes several workers,
-  MirroredStrategy over the local GPUs or logical CPUs when there are several,
-  and the single CPU/GPU otherwise.
+  'auto': TPUStrategy when use_tpu and a TPU is named (tpu_name, master) or
+  attached to this host; with use_tpu but no TPU (the published default on a
+  GPU/CPU machine) a warning, then: MultiWorkerMirroredStrategy when TF_CONFIG
+  describes several workers, MirroredStrategy over the local GPUs when there
+  are several or over num_logical_cpus logical CPUs when asked, and the single
+  GPU/CPU otherwise.
   """
   kind = config.strategy
   if config.num_logical_cpus > 1:
@@ -91,11 +91,12 @@ def build_strategy(config: StrategyConfig) -> tf.distribute.Strategy:
     return tf.distribute.MultiWorkerMirroredStrategy()
   gpus = tf.config.list_logical_devices('GPU')
   cpus = tf.config.list_logical_devices('CPU')
+  if kind == 'cpu':
+    return tf.distribute.OneDeviceStrategy(cpus[0].name)
   if gpus and (len(gpus) > 1 or kind == 'mirrored'):
     return tf.distribute.MirroredStrategy([d.name for d in gpus])
-  if len(cpus) > 1 and not gpus:
-    return tf.distribute.MirroredStrategy([d.name for d in cpus])
-  if kind == 'mirrored':
-    return tf.distribute.MirroredStrategy()
+  if not gpus and (config.num_logical_cpus > 1 or kind == 'mirrored'):
+    return tf.distribute.MirroredStrategy(
+        [d.name for d in cpus[:max(config.num_logical_cpus, 1)]])
   device = gpus[0].name if gpus else cpus[0].name
   return tf.distribute.OneDeviceStrategy(device)

@@ -129,9 +129,12 @@ class ProgressReporter:
     self.images_per_step = batch_size * views
     self.start_step = int(global_step.numpy())
     self.start_time = time.time()
+    self.last_output = {}
 
   def __call__(self, output: Dict[str, Any]):
     step = int(self.global_step.numpy())
+    self.last_output = {k: float(v) for k, v in output.items()}
+    self.last_output['global_step'] = step
     elapsed = max(time.time() - self.start_time, 1e-9)
     done = step - self.start_step
     rate = done / elapsed
@@ -266,10 +269,16 @@ class Run:
       f.write(model.config.to_json())
 
   def _checkpoint_manager(self, state: TrainingState, interval: int):
-    return tf.train.CheckpointManager(
+    manager = tf.train.CheckpointManager(
         state.checkpoint(), directory=self.model_dir,
         max_to_keep=self.configs.train.keep_checkpoint_max,
         step_counter=state.global_step, checkpoint_interval=interval)
+    # Save at multiples of the interval, as published (the manager would
+    # otherwise save at the first loop's end: it treats step 0 as "never").
+    latest = manager.latest_checkpoint
+    step = int(latest.rsplit('-', 1)[1]) if latest else 0
+    manager._last_checkpoint_step = step - step % interval  # pylint: disable=protected-access
+    return manager
 
   # -- modes --------------------------------------------------------------
 
@@ -330,6 +339,9 @@ class Run:
         self.strategy.num_replicas_in_sync)
     if start < schedule.train_steps:
       controller.train(steps=schedule.train_steps)
+      # The last loop's training metrics, e.g. to compare workers or runs.
+      write_json(os.path.join(self.model_dir, 'train_metrics.json'),
+                 progress.last_output)
     step = int(state.global_step.numpy())
     export(state.model, self.model_dir, step, train.keep_hub_module_max)
     return state

@@ -114,7 +114,8 @@ class SimCLRTrainer(orbit.StandardTrainer):
     self.strategy.run(self._step_fn, args=(images, labels))
 
   def train_loop_end(self) -> Dict[str, tf.Tensor]:
-    results = {name: metric.result() for name, metric in self.metrics.items()}
+    results = {metric.name: metric.result()
+               for metric in self.metrics.values()}
     if self.learning_rate is not None:
       step = tf.cast(self.state.global_step, tf.float32)
       results['learning_rate'] = (self.learning_rate(step) if callable(

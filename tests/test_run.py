@@ -1,0 +1,248 @@
+"""tf2/run.py end to end on the embedded `digits` data, as a user runs it
+(subprocesses): pretrain -> finetune on 10% labels from the first head layer
+-> distill into a smaller student -> eval; 2 replicas; 2 workers; resume;
+strict restore."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import simclr
+from simclr.data import digits
+
+ROOT = os.path.join(os.path.dirname(__file__), '..')
+RUN = os.path.join(ROOT, 'tf2', 'run.py')
+TIMEOUT = 600
+
+# A tiny ResNet-18 on 32x32 digits; a few steps per run.
+COMMON = [
+    '--dataset=digits', '--eval_split=test', '--image_size=32',
+    '--resnet_depth=18', '--width_multiplier=0.25', '--train_batch_size=32',
+    '--eval_batch_size=128', '--use_tpu=False', '--seed=1',
+]
+
+
+def run_cli(args, env=None, check=True):
+  """Runs tf2/run.py; returns the completed process (stdout+stderr text)."""
+  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(env or {}))
+  proc = subprocess.run([sys.executable, RUN] + args, capture_output=True,
+                        text=True, timeout=TIMEOUT, env=full_env, cwd=ROOT)
+  if check and proc.returncode != 0:
+    raise AssertionError(f'run.py failed ({proc.returncode}):\n'
+                         f'{proc.stderr[-6000:]}')
+  return proc
+
+
+def data_dir_flag(tmp_path_factory):
+  return '--data_dir=' + str(tmp_path_factory.getbasetemp() / 'tfds')
+
+
+def read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def checkpoint_steps(model_dir):
+  state = tf.train.get_checkpoint_state(model_dir)
+  return sorted(int(p.rsplit('-', 1)[1]) for p in
+                state.all_model_checkpoint_paths)
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp('pretrain'))
+  run_cli(COMMON + [
+      data_dir_flag(tmp_path_factory), '--train_mode=pretrain',
+      '--mode=train_then_eval', '--train_steps=6', '--checkpoint_steps=3',
+      '--memory_size=128', '--temperature=0.5', f'--model_dir={model_dir}'])
+  return model_dir
+
+
+def test_pretrain_writes_checkpoints_summaries_export_and_results(pretrained):
+  assert checkpoint_steps(pretrained) == [3, 6]
+  assert os.listdir(os.path.join(pretrained, 'saved_model')) == ['6']
+  assert any(f.startswith('events.out.tfevents')
+             for f in os.listdir(pretrained))
+  result = read_json(os.path.join(pretrained, 'result.json'))
+  assert result == read_json(os.path.join(pretrained, 'result_6.json'))
+  assert result['global_step'] == 6
+  # Every test digit counted once.
+  assert result['eval/num_examples'] == 359
+  assert 0 <= result['eval/label_top_1_accuracy'] <= 1
+  flags = read_json(os.path.join(pretrained, 'flags.json'))
+  assert flags['resnet_depth'] == 18 and flags['memory_size'] == 128
+  metrics = read_json(os.path.join(pretrained, 'train_metrics.json'))
+  for key in ('train/contrast_loss', 'train/contrast_acc',
+              'train/contrast_entropy', 'train/supervised_loss',
+              'train/weight_decay', 'learning_rate'):
+    assert np.isfinite(metrics[key]), key
+
+
+def test_pretrain_checkpoint_holds_memory_queue_and_momentum_encoder(
+    pretrained):
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(pretrained))
+  keys = reader.get_variable_to_shape_map()
+  queue = [k for k in keys if k.startswith('memory_queue/')]
+  momentum = [k for k in keys if k.startswith('momentum_encoder/')]
+  assert queue and len(momentum) > 50
+  shapes = [keys[k] for k in queue]
+  assert [128, 128] in shapes  # memory_size x proj_out_dim
+
+
+def test_pretrained_model_dir_loads_with_load_model(pretrained):
+  model = simclr.load_model(pretrained)
+  assert model.config.resnet_depth == 18
+  assert model.config.width_multiplier == 0.25
+
+
+@pytest.fixture(scope='module')
+def finetuned(pretrained, tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp('finetune'))
+  run_cli(COMMON + [
+      data_dir_flag(tmp_path_factory), '--train_mode=finetune',
+      '--mode=train_then_eval', f'--checkpoint={pretrained}',
+      '--train_label_fraction=0.1', '--ft_proj_selector=1',
+      '--train_steps=4', '--checkpoint_steps=4', '--learning_rate=0.1',
+      '--warmup_epochs=0', '--weight_decay=0', f'--model_dir={model_dir}'])
+  return model_dir
+
+
+def test_finetune_from_the_pretrained_checkpoint_on_ten_percent(
+    pretrained, finetuned):
+  subset_files = [f for f in os.listdir(finetuned)
+                  if f.startswith('label_subset')]
+  assert len(subset_files) == 1
+  with open(os.path.join(finetuned, subset_files[0])) as f:
+    ids = [line for line in f.read().split('\n') if line]
+  # 10% of the 1,438 training digits, class-balanced.
+  assert 130 <= len(ids) <= 150
+  result = read_json(os.path.join(finetuned, 'result.json'))
+  assert result['global_step'] == 4
+  config = json.loads(open(os.path.join(finetuned,
+                                        'model_config.json')).read())
+  assert config['ft_proj_selector'] == 1 and config['num_classes'] == 10
+  # The encoder started from the pretrained weights: the first conv moved
+  # only by 4 small steps away from them.
+  before = simclr.load_model(pretrained).resnet.stem.conv.conv2d.kernel
+  after = simclr.load_model(finetuned).resnet.stem.conv.conv2d.kernel
+  random = simclr.build_model(simclr.load_model(finetuned).config)
+  assert (np.abs(after - before).mean() <
+          0.2 * np.abs(random.resnet.stem.conv.conv2d.kernel - before).mean())
+
+
+@pytest.fixture(scope='module')
+def distilled(finetuned, tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp('distill'))
+  run_cli(COMMON + [
+      data_dir_flag(tmp_path_factory), '--train_mode=distill',
+      f'--teacher_checkpoint={finetuned}', '--width_multiplier=0.125',
+      '--train_steps=4', '--checkpoint_steps=4', '--distill_temperature=0.1',
+      f'--model_dir={model_dir}'])
+  return model_dir
+
+
+def test_distill_into_a_smaller_student_then_eval(distilled,
+                                                  tmp_path_factory):
+  student = simclr.load_model(distilled)
+  assert student.config.width_multiplier == 0.125
+  assert student.projection_head is None  # ft_proj_selector=0: no head
+  metrics = read_json(os.path.join(distilled, 'train_metrics.json'))
+  assert np.isfinite(metrics['train/distill_loss'])
+  assert not os.path.exists(os.path.join(distilled, 'result.json'))
+  run_cli(COMMON + [
+      data_dir_flag(tmp_path_factory), '--mode=eval', '--train_mode=distill',
+      '--teacher_checkpoint=' + distilled, '--width_multiplier=0.125',
+      '--train_steps=4', f'--model_dir={distilled}'])
+  result = read_json(os.path.join(distilled, 'result.json'))
+  assert result['global_step'] == 4
+  assert result['eval/num_examples'] == 359
+
+
+def test_resume_continues_from_the_saved_step(pretrained, tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp('resume'))
+  args = COMMON + [data_dir_flag(tmp_path_factory), '--train_mode=pretrain',
+                   '--checkpoint_steps=2', f'--model_dir={model_dir}',
+                   '--lineareval_while_pretraining=False']
+  run_cli(args + ['--train_steps=2'])
+  first = tf.train.load_checkpoint(os.path.join(model_dir, 'ckpt-2'))
+  proc = run_cli(args + ['--train_steps=4'])
+  assert 'restored from checkpoint' in proc.stderr + proc.stdout
+  assert 'steps 2 -> 4' in proc.stderr + proc.stdout
+  assert checkpoint_steps(model_dir) == [2, 4]
+  # Optimizer state came back: the step counter continued.
+  last = tf.train.load_checkpoint(os.path.join(model_dir, 'ckpt-4'))
+  assert last.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE') == 4
+  assert first.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE') == 2
+
+
+def test_strict_restore_refuses_a_mismatched_checkpoint(pretrained,
+                                                        tmp_path_factory):
+  proc = run_cli(COMMON + [
+      data_dir_flag(tmp_path_factory), '--train_mode=finetune',
+      f'--checkpoint={pretrained}', '--resnet_depth=34', '--train_steps=1',
+      '--model_dir=' + str(tmp_path_factory.mktemp('mismatch'))], check=False)
+  assert proc.returncode == 2
+  assert 'resnet_depth' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+def test_missing_checkpoint_fails_before_any_computation(tmp_path):
+  proc = run_cli(COMMON + ['--train_mode=finetune',
+                           f'--checkpoint={tmp_path}/nothing',
+                           f'--model_dir={tmp_path}/m'], check=False)
+  assert proc.returncode == 2
+  assert '--checkpoint' in proc.stderr and 'does not exist' in proc.stderr
+
+
+def test_two_replicas_pretrain(tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp('two_replicas'))
+  proc = run_cli(COMMON + [
+      data_dir_flag(tmp_path_factory), '--train_mode=pretrain',
+      '--num_logical_cpus=2', '--train_steps=2', '--checkpoint_steps=2',
+      '--memory_size=128', f'--model_dir={model_dir}'])
+  assert '2 replica(s)' in proc.stderr + proc.stdout
+  assert checkpoint_steps(model_dir) == [2]
+
+
+def _free_ports(n):
+  sockets = [socket.socket() for _ in range(n)]
+  for s in sockets:
+    s.bind(('localhost', 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def test_two_workers_on_localhost_agree_on_the_loss(tmp_path_factory):
+  ports = _free_ports(2)
+  cluster = {'worker': [f'localhost:{p}' for p in ports]}
+  base = str(tmp_path_factory.mktemp('multi_worker'))
+  data_dir = data_dir_flag(tmp_path_factory)
+  # Prepare the data once so that the workers do not race to write it.
+  digits.prepare(data_dir.split('=', 1)[1])
+  procs = []
+  for index in range(2):
+    tf_config = json.dumps({'cluster': cluster,
+                            'task': {'type': 'worker', 'index': index}})
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', TF_CONFIG=tf_config)
+    procs.append(subprocess.Popen(
+        [sys.executable, RUN] + COMMON + [
+            data_dir, '--train_mode=pretrain', '--train_steps=2',
+            '--checkpoint_steps=2', '--lineareval_while_pretraining=False',
+            f'--model_dir={os.path.join(base, f"worker{index}")}'],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True))
+  outputs = [p.communicate(timeout=TIMEOUT) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-4000:]
+  losses = [read_json(os.path.join(base, f'worker{i}', 'train_metrics.json'))
+            ['train/total_loss'] for i in range(2)]
+  assert np.isfinite(losses[0])
+  assert losses[0] == pytest.approx(losses[1], rel=1e-6)
