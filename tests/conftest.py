@@ -20,7 +20,12 @@ tf.config.set_logical_device_configuration(
 
 @pytest.fixture
 def two_replica_strategy():
-  """MirroredStrategy over two logical CPU devices."""
+  """MirroredStrategy over two logical CPU devices.
+
+  Every MirroredStrategy of a process starts from the same collective keys;
+  a later one reusing a key for another kind of collective aborts, so each
+  gets its own key range (as TF's own strategy_combinations do)."""
+  tf.distribute.MirroredStrategy._collective_key_base += 100000  # pylint: disable=protected-access
   return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
 
 

@@ -178,6 +178,15 @@ flags.DEFINE_integer('steps_per_loop', 0,
 flags.DEFINE_float('eval_wait_secs', 0,
                    'mode=eval: wait up to this long for new checkpoints in '
                    'model_dir (0: evaluate the latest one and stop).')
+# Accepted so that command lines from the published READMEs (written for the
+# TF1 code) run unchanged.
+flags.DEFINE_integer('train_summary_steps', 0,
+                     'Published-README compatibility: when > 0 and '
+                     '--steps_per_loop is 0, used as --steps_per_loop.')
+flags.DEFINE_string('variable_schema', None,
+                    'Published-README compatibility (TF1 restore filter); '
+                    'ignored: restoring here is strict, and the supervised '
+                    'head follows --zero_init_logits_layer.')
 flags.DEFINE_integer('seed', None,
                      'Seed for data order and augmentation (default: '
                      'nondeterministic).')
@@ -221,7 +230,8 @@ def build_configs():
       checkpoint=f.checkpoint, teacher_checkpoint=f.teacher_checkpoint,
       train_epochs=f.train_epochs, train_steps=f.train_steps,
       eval_steps=f.eval_steps, checkpoint_epochs=f.checkpoint_epochs,
-      checkpoint_steps=f.checkpoint_steps, steps_per_loop=f.steps_per_loop,
+      checkpoint_steps=f.checkpoint_steps,
+      steps_per_loop=f.steps_per_loop or f.train_summary_steps,
       keep_checkpoint_max=f.keep_checkpoint_max,
       keep_hub_module_max=f.keep_hub_module_max, temperature=f.temperature,
       hidden_norm=f.hidden_norm,
