@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test demo clean
+.PHONY: install test demo bench-input clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(PY) tf2/model_zoo.py --depths=18,50 --widths=1
+
+bench-input: $(VENV)/.installed
+	$(PY) tf2/bench_input.py
 
 clean:
 	rm -rf $(VENV) demo_out

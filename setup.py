@@ -16,6 +16,9 @@ setuptools.setup(
         'absl-py',
         # Bundles the UCI handwritten digits used as the embedded dataset.
         'scikit-learn',
+        # Upsamples the embedded digits; draws tf2/show_augmentations.py.
+        'Pillow',
+        'matplotlib',
     ],
     extras_require={
         'test': [
@@ -23,7 +26,6 @@ setuptools.setup(
             'nbclient',
             'nbformat',
             'ipykernel',
-            'matplotlib',
         ],
     },
     entry_points={

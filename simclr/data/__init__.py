@@ -1,0 +1,23 @@
+"""Input pipelines: sources (TFDS, the embedded `digits`, image folders),
+label subsets, SimCLR augmentations, and distributed tf.data pipelines.
+
+    from simclr import data
+    inputs = data.Inputs(data.DataConfig(dataset='digits', eval_split='test',
+                                         image_size=32, train_batch_size=256))
+    train = inputs.distributed_dataset(strategy, 'pretrain')
+    inputs.num_classes, inputs.num_train_examples('finetune'),
+    inputs.eval_steps(strategy.num_replicas_in_sync)
+
+Element layouts per mode are described in simclr.data.pipeline.
+"""
+
+from simclr.data import augment
+from simclr.data import digits  # Registers the 'digits' TFDS builder.
+from simclr.data import subsets
+from simclr.data.config import DataConfig
+from simclr.data.config import MODES
+from simclr.data.datasets import FolderSource
+from simclr.data.datasets import Source
+from simclr.data.datasets import TfdsSource
+from simclr.data.datasets import load_source
+from simclr.data.pipeline import Inputs

@@ -1,0 +1,221 @@
+"""tf.data pipelines: element layouts per mode, augmentation statistics in
+the assembled batches, seeds, distribution over replicas and input
+pipelines, and evaluation reading every example exactly once."""
+
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+from sklearn import datasets as sk_datasets
+import tensorflow as tf
+
+from simclr import data
+from simclr.data import digits as digits_lib
+
+NUM_SE = 4
+NUM_TEST_DIGITS = 359
+
+
+@pytest.fixture(scope='module')
+def digits_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('tfds'))
+  digits_lib.prepare(path)
+  return path
+
+
+def digits_config(digits_dir, **changes):
+  config = data.DataConfig(dataset='digits', data_dir=digits_dir,
+                           eval_split='test', image_size=32,
+                           train_batch_size=16, eval_batch_size=64, seed=0,
+                           shuffle_buffer_size=64)
+  return config.replace(**changes)
+
+
+@pytest.fixture(scope='module')
+def colour_folder(tmp_path_factory):
+  """24 solid-colour 20x20 PNGs, each its own colour, in 3 class folders."""
+  root = tmp_path_factory.mktemp('colours')
+  levels = [40, 120, 200]
+  colours = [(r, g, b) for r in levels for g in levels for b in levels
+             if len({r, g, b}) > 1][:24]
+  for i, colour in enumerate(colours):
+    folder = root / f'class{i % 3}'
+    folder.mkdir(exist_ok=True)
+    pixels = np.zeros((20, 20, 3), np.uint8) + np.array(colour, np.uint8)
+    Image.fromarray(pixels).save(folder / f'{i:02d}.png')
+  return str(root)
+
+
+def test_pretrain_rows_i_and_b_plus_i_are_two_views_of_one_image(
+    colour_folder):
+  # Without colour distortion a view of a solid image keeps its colour.
+  inputs = data.Inputs(data.DataConfig(
+      dataset='folder:' + colour_folder, image_size=16, train_batch_size=8,
+      color_jitter_strength=0.0, seed=1))
+  images, labels = next(iter(inputs.dataset('pretrain')))
+  colours = images.numpy().mean(axis=(1, 2))
+  assert images.shape == (16, 16, 16, 3)
+  np.testing.assert_allclose(colours[:8], colours[8:], atol=1e-5)
+  np.testing.assert_array_equal(labels[:8], labels[8:])
+  # Eight different images: eight different colours.
+  assert len({tuple(np.round(c, 3)) for c in colours[:8]}) == 8
+
+
+def test_pretrain_pairs_are_differently_augmented(digits_dir):
+  inputs = data.Inputs(digits_config(digits_dir))
+  images, _ = next(iter(inputs.dataset('pretrain')))
+  first, second = images[:16].numpy(), images[16:].numpy()
+  assert np.all(np.abs(first - second).mean(axis=(1, 2, 3)) > 0)
+
+
+@pytest.mark.parametrize('batch_augmentation', ['none', 'blur', 'all'])
+def test_pipeline_views_are_grey_one_time_in_five(colour_folder,
+                                                  batch_augmentation):
+  inputs = data.Inputs(data.DataConfig(
+      dataset='folder:' + colour_folder, image_size=40, use_blur=True,
+      train_batch_size=64, seed=2, batch_augmentation=batch_augmentation))
+  batches = list(inputs.dataset('pretrain').take(10))
+  images = np.concatenate([b[0].numpy() for b in batches])
+  assert images.dtype == np.float32
+  assert images.min() >= 0.0 and images.max() <= 1.0
+  grey = (np.abs(images[..., 0] - images[..., 1]).max(axis=(1, 2)) < 1e-6) & (
+      np.abs(images[..., 1] - images[..., 2]).max(axis=(1, 2)) < 1e-6)
+  n = len(images)
+  assert n == 1280
+  assert abs(grey.mean() - 0.2) < NUM_SE * np.sqrt(0.2 * 0.8 / n)
+
+
+def test_same_seed_same_batches_other_seed_other_batches(digits_dir):
+  first = lambda seed: next(iter(data.Inputs(digits_config(
+      digits_dir, seed=seed)).dataset('pretrain')))[0].numpy()
+  np.testing.assert_array_equal(first(5), first(5))
+  assert np.abs(first(5) - first(6)).mean() > 0.01
+
+
+def test_finetune_and_distill_give_single_crop_and_flip_views(digits_dir):
+  inputs = data.Inputs(digits_config(digits_dir))
+  for mode in ('finetune', 'linear_eval', 'distill'):
+    images, labels = next(iter(inputs.dataset(mode)))
+    assert images.shape == (16, 32, 32, 3) and labels.shape == (16,)
+    # Digits are grey and crop + flip keeps them grey (no colour jitter).
+    np.testing.assert_allclose(images[..., 0], images[..., 1], atol=1e-6)
+
+
+def test_unknown_mode_is_rejected(digits_dir):
+  with pytest.raises(ValueError, match='mode'):
+    data.Inputs(digits_config(digits_dir)).dataset('train')
+
+
+def test_eval_centre_crops_only_images_larger_than_cifar():
+  assert data.DataConfig(image_size=224).center_crop_for_eval
+  assert not data.DataConfig(image_size=32).center_crop_for_eval
+  assert not data.DataConfig(image_size=224,
+                             eval_center_crop=False).center_crop_for_eval
+
+
+# -------------------------------------------------------- exactly once --
+
+
+def expected_test_digits():
+  """Sorted image bytes and label counts of the digits test split, from
+  scikit-learn directly."""
+  test = digits_lib.split_indices()['test']
+  images = digits_lib.upsampled_images()[test]
+  labels = sk_datasets.load_digits().target[test]
+  return sorted(i.tobytes() for i in images), np.bincount(labels,
+                                                          minlength=10)
+
+
+def real_rows(batches):
+  """(sorted image bytes, label counts) of the weight-1 rows."""
+  images, labels = [], []
+  for image_batch, label_batch, weights in batches:
+    keep = np.asarray(weights) == 1.0
+    assert set(np.unique(weights)) <= {0.0, 1.0}
+    images.extend(np.round(np.asarray(image_batch)[keep] * 255).astype(
+        np.uint8))
+    labels.extend(np.asarray(label_batch)[keep])
+  return sorted(i.tobytes() for i in images), np.bincount(labels,
+                                                          minlength=10)
+
+
+def test_eval_reads_every_example_exactly_once(digits_dir):
+  inputs = data.Inputs(digits_config(digits_dir))
+  batches = list(inputs.dataset('eval'))
+  # 359 examples, batches of 64: 6 batches, 25 blank rows at the end.
+  assert len(batches) == inputs.eval_steps() == 6
+  images, counts = real_rows(batches)
+  expected_images, expected_counts = expected_test_digits()
+  assert len(images) == NUM_TEST_DIGITS
+  assert images == expected_images
+  np.testing.assert_array_equal(counts, expected_counts)
+
+
+def test_eval_over_two_replicas_reads_every_example_once(
+    digits_dir, two_replica_strategy):
+  strategy = two_replica_strategy
+  inputs = data.Inputs(digits_config(digits_dir))
+  batches = []
+  steps = 0
+  for images, labels, weights in inputs.distributed_dataset(strategy, 'eval'):
+    steps += 1
+    for parts in zip(*(strategy.experimental_local_results(t)
+                       for t in (images, labels, weights))):
+      assert parts[0].shape == (32, 32, 32, 3)  # 64 / 2 replicas.
+      batches.append(parts)
+  assert steps == inputs.eval_steps(num_replicas=2)
+  images, counts = real_rows(batches)
+  assert images == expected_test_digits()[0]
+
+
+def test_eval_input_pipelines_partition_the_split(digits_dir):
+  # Two hosts with two replicas each: each host reads its own half.
+  inputs = data.Inputs(digits_config(digits_dir, eval_batch_size=40))
+  per_host = []
+  for host in range(2):
+    context = tf.distribute.InputContext(
+        num_input_pipelines=2, input_pipeline_id=host, num_replicas_in_sync=4)
+    per_host.append(list(inputs.dataset('eval', context)))
+  steps = inputs.eval_steps(num_replicas=4, num_input_pipelines=2)
+  # Every host yields the same number of per-replica batches (2 replicas).
+  assert [len(b) for b in per_host] == [2 * steps, 2 * steps]
+  images, counts = real_rows(per_host[0] + per_host[1])
+  assert images == expected_test_digits()[0]
+
+
+def test_train_global_batch_is_split_over_replicas(digits_dir,
+                                                   two_replica_strategy):
+  strategy = two_replica_strategy
+  inputs = data.Inputs(digits_config(digits_dir))
+  images, labels = next(iter(inputs.distributed_dataset(strategy,
+                                                        'pretrain')))
+  # Global batch 16 images: 8 per replica, as 16 views each.
+  for part in strategy.experimental_local_results(images):
+    assert part.shape == (16, 32, 32, 3)
+  for part in strategy.experimental_local_results(labels):
+    np.testing.assert_array_equal(part[:8], part[8:])
+
+
+def test_cached_pipeline_gives_the_same_batches(digits_dir):
+  first = lambda cache: next(iter(data.Inputs(digits_config(
+      digits_dir, cache_dataset=cache)).dataset('finetune')))[0].numpy()
+  np.testing.assert_array_equal(first(True), first(False))
+
+
+def test_config_rejects_bad_values():
+  with pytest.raises(ValueError, match='train_label_fraction'):
+    data.DataConfig(train_label_fraction=0.0)
+  with pytest.raises(ValueError, match='batch_augmentation'):
+    data.DataConfig(batch_augmentation='yes')
+
+
+def test_config_round_trips_through_json():
+  config = data.DataConfig(dataset='folder:/x', train_label_fraction=0.1)
+  assert data.DataConfig.from_json(config.to_json()) == config
+
+
+def test_folder_without_images_fails_when_inputs_open(tmp_path):
+  os.makedirs(tmp_path / 'nothing')
+  with pytest.raises(ValueError, match='nothing'):
+    data.Inputs(data.DataConfig(dataset=f'folder:{tmp_path / "nothing"}'))
