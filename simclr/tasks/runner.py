@@ -161,8 +161,18 @@ def write_json(path: str, value):
 
 
 def export(model: SimCLRModel, model_dir: str, step: int, keep: int):
+  """Writes model_dir/saved_model/<step>/, keeping the newest `keep`.
+
+  The export is made from a copy of the model built outside the training
+  strategy: a SavedModel signature cannot capture distributed variables
+  (MultiWorkerMirroredStrategy, TPUStrategy)."""
   from simclr import export as export_lib  # pylint: disable=g-import-not-at-top
   directory = os.path.join(model_dir, 'saved_model')
+  if tf.distribute.has_strategy() or isinstance(
+      model.variables[0], tf.distribute.DistributedValues):
+    plain = build_model(model.config)
+    checkpoints.copy_layer(model, plain, 'the trained model', 'weights')
+    model = plain
   export_lib.export_saved_model(model, os.path.join(directory, str(step)))
   export_lib.prune_exports(directory, keep)
   logging.info('Exported SavedModel to %s/%d', directory, step)
