@@ -12,6 +12,7 @@ stably across runs, for label-subset files (one id per line):
 """
 
 import os
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 import types
 
@@ -97,7 +98,15 @@ class TfdsSource(Source):
     if name == 'digits':
       self.builder = digits_lib.prepare(data_dir)
     else:
-      self.builder = tfds.builder(name, data_dir=data_dir)
+      try:
+        self.builder = tfds.builder(name, data_dir=data_dir)
+      except tfds.core.registered.DatasetNotFoundError as e:
+        hint = re.search(r'Did you mean: \S+ -> (\S+)', str(e))
+        raise ValueError(
+            f'dataset {name!r}: not a TFDS dataset, \'digits\' or '
+            f'\'folder:/path\'' +
+            (f' (did you mean {hint.group(1).rstrip("?")}?)' if hint else '')
+        ) from None
     info = self.builder.info
     if not info.splits:
       raise ValueError(
