@@ -341,10 +341,12 @@ def restore_strict(checkpoint: tf.train.Checkpoint, prefix: str, source: str):
   """Restores `checkpoint` and fails, naming them, if any of its variables got
   no value (the published code's expect_partial() would train them from their
   random initialisation without a word)."""
-  status = checkpoint.restore(prefix)
+  # read(), unlike restore(), leaves the save counter alone, which
+  # checkpoints written with write() do not have.
   try:
+    status = checkpoint.read(prefix)
     status.assert_existing_objects_matched()
-  except AssertionError as e:
+  except (AssertionError, ValueError) as e:
     raise CheckpointError(
         f'{source}: does not provide every variable of the model: '
         f'{str(e)[:2000]}') from None

@@ -291,16 +291,21 @@ def main(argv):
     run.run()
   except (checkpoints.CheckpointError, runner.RunError) as e:
     _fail(e)
+  except runner.NonFiniteLossError as e:
+    _fail(e, exit_code=3)
+  except runner.Preempted as e:
+    _fail(e, exit_code=143)
 
 
-def _fail(error):
-  """One line naming the flag or file, exit code 2; the traceback only with
-  --verbosity >= 1."""
+def _fail(error, exit_code=2):
+  """One line naming the flag or file (exit code 2 for bad input, 3 for a
+  non-finite loss, 143 after a preemption checkpoint); the traceback only
+  with --verbosity >= 1."""
   if FLAGS.verbosity >= 1:
     raise error
   message = _flag_error_name(str(error))
   print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  sys.exit(exit_code)
 
 
 def run_main():

@@ -6,6 +6,8 @@ import dataclasses
 import json
 import math
 import os
+import re
+import signal
 import time
 from typing import Any, Dict, Optional
 
@@ -27,6 +29,8 @@ from simclr.models.simclr_model import SimCLRModel
 from simclr.models.simclr_model import build_model
 from simclr.tasks import evaluator as evaluator_lib
 from simclr.tasks import linear_eval
+from simclr.tasks.trainer import NON_FINITE_MARKER
+from simclr.tasks.trainer import NonFiniteLossError
 from simclr.tasks.trainer import SimCLRTrainer
 from simclr.tasks.trainer import TrainingState
 
@@ -39,6 +43,56 @@ ENCODER_FIELDS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
 
 class RunError(ValueError):
   """A configuration that cannot work, found before any computation."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM (or SIGINT) arrived; a checkpoint of the current step was
+  written. `step` is that step."""
+
+  def __init__(self, step: int, signal_name: str):
+    super().__init__(f'{signal_name} received: saved a checkpoint at step '
+                     f'{step}; run the same command again to resume from it')
+    self.step = step
+
+
+class PreemptionWatcher:
+  """Catches SIGTERM (the preemption notice of TPU VMs and most clusters) and
+  SIGINT while training. Used as an orbit train action, it saves a checkpoint
+  of the current step at the end of the running loop (a loop is
+  --steps_per_loop steps inside one tf.function) and stops the run."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self, manager: tf.train.CheckpointManager, global_step):
+    self.manager = manager
+    self.global_step = global_step
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in self.SIGNALS:
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # A second Ctrl-C: stop now.
+    self.received = signal.Signals(signum).name
+    logging.warning('%s received: will checkpoint and stop after the running '
+                    'loop.', self.received)
+
+  def __call__(self, output):
+    del output
+    if self.received is None:
+      return
+    step = int(self.global_step.numpy())
+    self.manager.save(checkpoint_number=step, check_interval=False)
+    raise Preempted(step, self.received)
 
 
 @dataclasses.dataclass
@@ -145,6 +199,18 @@ class ProgressReporter:
     logging.info('step %d/%d (%.0f%%) | %.1f images/s | ETA %s | %s', step,
                  self.total, 100 * step / max(self.total, 1),
                  rate * self.images_per_step, _format_seconds(eta), metrics)
+
+
+def _non_finite_message(message: str) -> str:
+  """'... SIMCLR_NON_FINITE_LOSS] [step] [3] [contrast_loss] [nan] ...' ->
+  'non-finite loss at step 3: contrast_loss=nan, ...'."""
+  tail = message.split(NON_FINITE_MARKER, 1)[1]
+  items = re.findall(r'\[([^\[\]]*)\]', tail.split('\n', 1)[0])
+  pairs = dict(zip(items[::2], items[1::2]))
+  step = pairs.pop('step', '?')
+  terms = ', '.join(f'{k}={v}' for k, v in pairs.items())
+  return (f'non-finite loss at step {step}: {terms}. No checkpoint or export '
+          f'was written for it; the latest checkpoint is the last good one.')
 
 
 def _format_seconds(seconds):
@@ -348,7 +414,15 @@ class Run:
         schedule.checkpoint_steps, schedule.steps_per_loop,
         self.strategy.num_replicas_in_sync)
     if start < schedule.train_steps:
-      controller.train(steps=schedule.train_steps)
+      watcher = PreemptionWatcher(manager, state.global_step)
+      controller.train_actions = controller.train_actions + (watcher,)
+      with watcher:
+        try:
+          controller.train(steps=schedule.train_steps)
+        except tf.errors.InvalidArgumentError as e:
+          if NON_FINITE_MARKER not in e.message:
+            raise
+          raise NonFiniteLossError(_non_finite_message(e.message)) from None
       # The last loop's training metrics, e.g. to compare workers or runs.
       write_json(os.path.join(self.model_dir, 'train_metrics.json'),
                  progress.last_output)

@@ -29,7 +29,12 @@ from simclr.models.simclr_model import SimCLRModel
 
 
 class NonFiniteLossError(RuntimeError):
-  """A loss term became NaN or inf."""
+  """A loss term or a weight became NaN or inf."""
+
+
+# Starts the message of the in-graph check of the loss, so that the runner
+# can tell it from other errors.
+NON_FINITE_MARKER = 'SIMCLR_NON_FINITE_LOSS'
 
 
 @dataclasses.dataclass
@@ -120,12 +125,21 @@ class SimCLRTrainer(orbit.StandardTrainer):
       step = tf.cast(self.state.global_step, tf.float32)
       results['learning_rate'] = (self.learning_rate(step) if callable(
           self.learning_rate) else tf.constant(self.learning_rate))
+    step = int(self.state.global_step.numpy())
     bad = {k: float(v) for k, v in results.items()
            if not tf.math.is_finite(v)}
     if bad:
       raise NonFiniteLossError(
-          f'non-finite training metrics in the steps up to step '
-          f'{int(self.state.global_step.numpy())}: {bad}')
+          f'non-finite training metrics in the steps up to step {step}: '
+          f'{bad}')
+    # Checked before orbit writes the loop's checkpoint: a finite loss can
+    # still come with an update that overflowed the weights.
+    bad_weights = [v.name for v in self.state.model.variables
+                   if not bool(tf.reduce_all(tf.math.is_finite(v)))]
+    if bad_weights:
+      raise NonFiniteLossError(
+          f'non-finite weights after step {step} (the loss was finite): '
+          f'{bad_weights[:5]}{" ..." if len(bad_weights) > 5 else ""}')
     return results
 
   # -- one step on one replica ------------------------------------------------
@@ -148,6 +162,7 @@ class SimCLRTrainer(orbit.StandardTrainer):
                                                     self.optimizer_config)
       loss = tf.add_n([terms[k] for k in terms if k.endswith('_loss')] +
                       [weight_decay])
+      loss = self._check_finite(loss, dict(terms, weight_decay=weight_decay))
       scaled_loss = loss / num_replicas
       if isinstance(state.optimizer,
                     tf_keras.mixed_precision.LossScaleOptimizer):
@@ -165,6 +180,20 @@ class SimCLRTrainer(orbit.StandardTrainer):
     terms['weight_decay'] = weight_decay
     for name, metric in self.metrics.items():
       metric.update_state(terms[name])
+
+  def _check_finite(self, loss, terms):
+    """Stops the step, before any update, when the loss is not finite; the
+    error names the step and every loss term. (Not under XLA, which has no
+    Assert; train_loop_end still checks before any checkpoint is written.)"""
+    if self.config.jit_compile:
+      return loss
+    data = [NON_FINITE_MARKER, 'step', self.state.global_step + 1]
+    for name in sorted(terms):
+      if not name.startswith('_'):
+        data += [name, terms[name]]
+    check = tf.debugging.Assert(tf.math.is_finite(loss), data)
+    with tf.control_dependencies([check]):
+      return tf.identity(loss)
 
   def _summarise_images(self, images):
     if not self.summary_images:
