@@ -172,7 +172,7 @@ def test_resume_continues_from_the_saved_step(pretrained, tmp_path_factory):
   run_cli(args + ['--train_steps=2'])
   first = tf.train.load_checkpoint(os.path.join(model_dir, 'ckpt-2'))
   proc = run_cli(args + ['--train_steps=4'])
-  assert 'restored from checkpoint' in proc.stderr + proc.stdout
+  assert 'Resumed from' in proc.stderr + proc.stdout
   assert 'steps 2 -> 4' in proc.stderr + proc.stdout
   assert checkpoint_steps(model_dir) == [2, 4]
   # Optimizer state came back: the step counter continued.

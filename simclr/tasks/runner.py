@@ -34,6 +34,10 @@ from simclr.tasks.trainer import NonFiniteLossError
 from simclr.tasks.trainer import SimCLRTrainer
 from simclr.tasks.trainer import TrainingState
 
+# orbit's Controller prints a dict of every metric after each loop on top of
+# logging it; ProgressReporter's one line replaces both on the console.
+orbit.controller._log = lambda message: logging.debug('%s', message)  # pylint: disable=protected-access
+
 DATA_MODE = {'pretrain': 'pretrain', 'finetune': 'finetune',
              'distill': 'distill', 'linear_eval': 'linear_eval'}
 # Architecture fields a checkpoint must agree on with the flags.
@@ -407,6 +411,9 @@ class Run:
         summary_dir=self.model_dir,
         train_actions=[progress])
     start = int(state.global_step.numpy())
+    if manager.latest_checkpoint:
+      logging.info('Resumed from %s at step %d', manager.latest_checkpoint,
+                   start)
     logging.info(
         'Training %s: %d examples, steps %d -> %d, checkpoint every %d, %d '
         'steps per loop, %d replica(s)', train.train_mode,
