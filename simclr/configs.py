@@ -165,7 +165,6 @@ class TrainConfig:
   jit_compile: bool = False
   eval_name: Optional[str] = None
   eval_wait_secs: float = 0
-  log_every_secs: float = 10
 
   def __post_init__(self):
     self.validate()

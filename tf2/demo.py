@@ -31,12 +31,12 @@ from absl import logging
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 
-# tf2/run.py's flags (--seed and --data_dir among them) are defined here too;
-# each demo step sets them as a command line would.
-from tf2 import run as run_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', os.path.join(ROOT, 'demo_out'), 'Output folder.')
+flags.DEFINE_string('data_dir', None, 'TFDS data_dir (default: '
+                    '<out>/tensorflow_datasets).')
+flags.DEFINE_integer('seed', 0, 'Seed of data order, augmentation and label '
+                     'subsets.')
 flags.DEFINE_float('scale', 1.0, 'Multiplies every step count (for quick '
                    'checks; the README figures use 1).')
 flags.DEFINE_list('label_fractions', ['0.01', '0.1'],
@@ -126,23 +126,11 @@ def stages():
   return result
 
 
-RUN_FLAGS = None
-
-
 def run_stage(flag_values):
-  """Runs tf2/run.py's configuration for `flag_values` in this process and
+  """Runs one tf2/run.py configuration (flag name -> value) in this process;
   returns (result dict, the trained model's encoder parameter count)."""
   from simclr.tasks import runner  # pylint: disable=g-import-not-at-top
-  global RUN_FLAGS
-  if RUN_FLAGS is None:
-    RUN_FLAGS = {name: FLAGS[name].value for name in
-                 FLAGS.get_key_flags_for_module(run_lib)
-                 for name in [name.name]}
-  for name, value in RUN_FLAGS.items():
-    FLAGS[name].value = value
-  for name, value in flag_values.items():
-    FLAGS[name].value = value
-  configs = run_lib.build_configs()
+  configs = runner.configs_from_values(flag_values)
   run = runner.Run(configs, flags_dict=dict(flag_values))
   result = run.run()
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -216,8 +204,6 @@ def main(argv):
   FLAGS.out = out
   if FLAGS.data_dir is None:
     FLAGS.data_dir = os.path.join(out, 'tensorflow_datasets')
-  if FLAGS.seed is None:
-    FLAGS.seed = 0
   started = time.time()
   plan = stages()
   rows = []

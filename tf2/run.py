@@ -192,63 +192,16 @@ flags.DEFINE_integer('seed', None,
                      'nondeterministic).')
 
 
+def run_flag_values():
+  """{flag name: value} of this file's flags (not absl's own)."""
+  return {flag.name: flag.value
+          for flag in FLAGS.get_key_flags_for_module(sys.modules[__name__])}
+
+
 def build_configs():
   """Flags -> RunConfigs. Raises ValueError naming the flag on bad values."""
-  from simclr import configs  # pylint: disable=g-import-not-at-top
-  from simclr import data
-  from simclr import distribute
-  from simclr import optimization
-  from simclr.tasks import runner
-  f = FLAGS
-  model = configs.ModelConfig(
-      resnet_depth=f.resnet_depth, width_multiplier=f.width_multiplier,
-      sk_ratio=f.sk_ratio, se_ratio=f.se_ratio, image_size=f.image_size,
-      num_classes=None, proj_head_mode=f.proj_head_mode,
-      num_proj_layers=f.num_proj_layers, proj_out_dim=f.proj_out_dim,
-      ft_proj_selector=f.ft_proj_selector,
-      batch_norm_decay=f.batch_norm_decay, global_bn=f.global_bn,
-      zero_init_logits_layer=f.zero_init_logits_layer,
-      fine_tune_after_block=f.fine_tune_after_block,
-      train_mode='finetune' if f.train_mode != 'pretrain' else 'pretrain')
-  data_config = data.DataConfig(
-      dataset=f.dataset, data_dir=f.data_dir, train_split=f.train_split,
-      eval_split=f.eval_split, train_batch_size=f.train_batch_size,
-      eval_batch_size=f.eval_batch_size, cache_dataset=f.cache_dataset,
-      image_size=f.image_size, color_jitter_strength=f.color_jitter_strength,
-      use_blur=f.use_blur, train_label_fraction=f.train_label_fraction,
-      label_subset_seed=f.label_subset_seed,
-      label_subset_file=f.label_subset_file, model_dir=f.model_dir,
-      seed=f.seed)
-  optimizer = optimization.OptimizerConfig(
-      optimizer=f.optimizer, learning_rate=f.learning_rate,
-      learning_rate_scaling=f.learning_rate_scaling,
-      warmup_epochs=f.warmup_epochs, weight_decay=f.weight_decay,
-      momentum=f.momentum, train_batch_size=f.train_batch_size,
-      train_epochs=f.train_epochs, train_steps=f.train_steps)
-  train = configs.TrainConfig(
-      mode=f.mode, train_mode=f.train_mode, model_dir=f.model_dir,
-      checkpoint=f.checkpoint, teacher_checkpoint=f.teacher_checkpoint,
-      train_epochs=f.train_epochs, train_steps=f.train_steps,
-      eval_steps=f.eval_steps, checkpoint_epochs=f.checkpoint_epochs,
-      checkpoint_steps=f.checkpoint_steps,
-      steps_per_loop=f.steps_per_loop or f.train_summary_steps,
-      keep_checkpoint_max=f.keep_checkpoint_max,
-      keep_hub_module_max=f.keep_hub_module_max, temperature=f.temperature,
-      hidden_norm=f.hidden_norm,
-      lineareval_while_pretraining=f.lineareval_while_pretraining,
-      memory_size=f.memory_size, memory_momentum=f.memory_momentum,
-      distill_temperature=f.distill_temperature,
-      distill_alpha=f.distill_alpha,
-      linear_eval_protocol=f.linear_eval_protocol,
-      linear_eval_epochs=f.linear_eval_epochs, precision=f.precision,
-      jit_compile=f.jit_compile, eval_name=f.eval_name,
-      eval_wait_secs=f.eval_wait_secs)
-  strategy = distribute.StrategyConfig(
-      use_tpu=f.use_tpu, tpu_name=f.tpu_name, tpu_zone=f.tpu_zone,
-      gcp_project=f.gcp_project, master=f.master,
-      num_logical_cpus=f.num_logical_cpus, strategy=f.strategy)
-  return runner.RunConfigs(model=model, data=data_config, optimizer=optimizer,
-                           train=train, strategy=strategy)
+  from simclr.tasks import runner  # pylint: disable=g-import-not-at-top
+  return runner.configs_from_values(run_flag_values())
 
 
 def _check_paths():

@@ -109,6 +109,42 @@ class RunConfigs:
       default_factory=distribute.StrategyConfig)
 
 
+# tf2/run.py flags that only exist so that published command lines run.
+COMPATIBILITY_KEYS = ('train_summary_steps', 'variable_schema')
+
+
+def configs_from_values(values: Dict[str, Any]) -> RunConfigs:
+  """RunConfigs from {tf2/run.py flag name: value}; absent names take the
+  flags' defaults. Raises ValueError naming an unknown name or bad value.
+
+      configs_from_values(dict(dataset='digits', image_size=32,
+                               resnet_depth=18, model_dir='/tmp/m'))
+  """
+  values = dict(values)
+  classes = (ModelConfig, data_lib.DataConfig, optimization.OptimizerConfig,
+             TrainConfig, distribute.StrategyConfig)
+  known = {f.name for cls in classes for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - known - set(COMPATIBILITY_KEYS))
+  if unknown:
+    raise ValueError(f'unknown settings {unknown}: expected tf2/run.py flag '
+                     f'names')
+  if not values.get('steps_per_loop') and values.get('train_summary_steps'):
+    values['steps_per_loop'] = values['train_summary_steps']
+
+  def pick(cls, **fixed):
+    names = {f.name for f in dataclasses.fields(cls)} - set(fixed)
+    return cls(**{k: v for k, v in values.items() if k in names}, **fixed)
+
+  train_mode = values.get('train_mode', 'pretrain')
+  model = pick(ModelConfig, num_classes=None,
+               train_mode='pretrain' if train_mode == 'pretrain' else
+               'finetune')
+  return RunConfigs(model=model, data=pick(data_lib.DataConfig),
+                    optimizer=pick(optimization.OptimizerConfig),
+                    train=pick(TrainConfig),
+                    strategy=pick(distribute.StrategyConfig))
+
+
 @dataclasses.dataclass
 class Schedule:
   """Step counts of a run."""
