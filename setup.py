@@ -14,6 +14,8 @@ setuptools.setup(
         # tensorflow-hub and orbit.
         'tf-models-official==2.20.*',
         'absl-py',
+        # hub.KerasLayer on tf_keras under TF >= 2.16 (exports, colabs).
+        'tensorflow-hub>=0.16',
         # Bundles the UCI handwritten digits used as the embedded dataset.
         'scikit-learn',
         # Upsamples the embedded digits; draws tf2/show_augmentations.py.

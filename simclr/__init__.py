@@ -9,3 +9,4 @@ from simclr.models.simclr_model import SimCLRModel
 from simclr.models.simclr_model import build_model
 from simclr.checkpoints import load_model
 from simclr import losses
+from simclr.export import export_saved_model
