@@ -43,6 +43,12 @@ flags.DEFINE_string('out', os.path.join(ROOT, 'bench', 'results.md'),
                     'Where to write the results table.')
 flags.DEFINE_string('one', None, 'Internal: run one setting '
                     '(config,precision,xla) and print its JSON.')
+flags.DEFINE_string('published_tf2_dir', None,
+                    'Optional: the tf2/ folder of a google-research/simclr '
+                    'checkout; its pretraining step is then timed side by '
+                    'side (float32, no XLA) in the same run.')
+flags.DEFINE_string('one_published', None, 'Internal: time the published '
+                    'code for one config and print its JSON.')
 
 # The published code on 2 cores of this CPU class (SPEC section 5), fp32.
 PUBLISHED = {'r18_32': 94.0, 'r50_224': 8.9}
@@ -117,6 +123,54 @@ def run_one(config_name, precision, xla):
       1024)
 
 
+def run_one_published(config_name, tf2_dir):
+  """Times the published code's pretraining step (its model, contrastive
+  loss, weight decay and LARS, as its run.py's single_step combines them) on
+  the same in-memory images. Runs with TF_USE_LEGACY_KERAS=1, as that code
+  needs the Keras 2 API."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, tf2_dir)
+  import run as published_run  # pylint: disable=g-import-not-at-top,unused-import  (defines its flags)
+  import model as published_model  # pylint: disable=g-import-not-at-top
+  import objective as published_objective  # pylint: disable=g-import-not-at-top
+  setting = SETTINGS[config_name]
+  size, batch = setting['image_size'], setting['batch']
+  FLAGS(['bench', f'--resnet_depth={setting["depth"]}',
+         f'--image_size={size}', f'--train_batch_size={batch}',
+         '--train_mode=pretrain', '--use_blur=False', '--global_bn=False'],
+        known_only=True)
+  model = published_model.Model(10)
+  optimizer = published_model.build_optimizer(0.1)
+  views = tf.random.stateless_uniform([batch, size, size, 6], [1, 2])
+  labels = tf.one_hot(tf.random.stateless_uniform(
+      [batch], [3, 4], maxval=10, dtype=tf.int32), 10)
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      projections, logits = model(views, training=True)
+      loss, _, _ = published_objective.add_contrastive_loss(
+          projections, hidden_norm=True, temperature=0.1)
+      loss += published_objective.add_supervised_loss(
+          tf.concat([labels, labels], 0), logits)
+      loss += published_model.add_weight_decay(model)
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+  step()
+  start = time.time()
+  step()
+  one_step = time.time() - start
+  steps = FLAGS.steps or max(2, int(FLAGS.seconds / max(one_step, 1e-3)))
+  start = time.time()
+  for _ in range(steps):
+    step()
+  tf.constant(0).numpy()
+  seconds = time.time() - start
+  return dict(config=config_name, steps=steps,
+              images_per_second=steps * 2 * batch / seconds)
+
+
 def matmul_peak():
   """Best GFLOP/s of a 2048^3 matmul chain, float32 and bfloat16."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -147,19 +201,19 @@ def input_throughput(seconds=8.0):
   """Augmented pretraining pairs/s of the project's pipeline at 32 (digits,
   batch 128) and 224 (JPEG photos, batch 16)."""
   from simclr import data  # pylint: disable=g-import-not-at-top
-  from tf2 import bench_input  # pylint: disable=g-import-not-at-top
+  from tf2 import bench_utils  # pylint: disable=g-import-not-at-top
   out = {}
   with tempfile.TemporaryDirectory() as tmp:
     inputs = data.Inputs(data.DataConfig(
         dataset='digits', data_dir=os.path.join(tmp, 'tfds'), image_size=32,
         train_batch_size=128, eval_split='test', use_blur=True))
-    out['r18_32'] = bench_input.rate(inputs.dataset('pretrain'), 128, seconds)
+    out['r18_32'] = bench_utils.rate(inputs.dataset('pretrain'), 128, seconds)
     folder = os.path.join(tmp, 'photos')
-    bench_input.photo_folder(folder)
+    bench_utils.photo_folder(folder)
     inputs = data.Inputs(data.DataConfig(
         dataset='folder:' + folder, image_size=224, train_batch_size=16,
         eval_split='train', use_blur=True))
-    out['r50_224'] = bench_input.rate(inputs.dataset('pretrain'), 16, seconds)
+    out['r50_224'] = bench_utils.rate(inputs.dataset('pretrain'), 16, seconds)
   return out
 
 
@@ -184,6 +238,10 @@ def cpu_description():
 
 def main(argv):
   del argv
+  if FLAGS.one_published:
+    print('RESULT ' + json.dumps(run_one_published(
+        FLAGS.one_published, FLAGS.published_tf2_dir)), flush=True)
+    return
   if FLAGS.one:
     config_name, precision, xla = FLAGS.one.split(',')
     print('RESULT ' + json.dumps(run_one(config_name, precision,
@@ -218,14 +276,35 @@ def main(argv):
               f'{row["images_per_second"]:.1f} images/s, '
               f'{row["gflops_per_second"]:.0f} GFLOP/s, peak '
               f'{row["peak_memory_mb"]:.0f} MB', flush=True)
+  published = {}
+  if FLAGS.published_tf2_dir:
+    for config_name in FLAGS.configs:
+      proc = subprocess.run(
+          [sys.executable, os.path.abspath(__file__),
+           f'--one_published={config_name}',
+           f'--published_tf2_dir={FLAGS.published_tf2_dir}',
+           f'--seconds={FLAGS.seconds}', f'--steps={FLAGS.steps}'],
+          capture_output=True, text=True, cwd=ROOT,
+          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+                   TF_USE_LEGACY_KERAS='1'))
+      lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+      if proc.returncode or not lines:
+        print(f'published {config_name}: failed\n{proc.stderr[-2000:]}')
+        continue
+      published[config_name] = json.loads(
+          lines[0][len('RESULT '):])['images_per_second']
+      print(f'published code {config_name} float32: '
+            f'{published[config_name]:.1f} images/s', flush=True)
   pipeline = input_throughput() if FLAGS.input else {}
   if pipeline:
     print(f'input pipeline pairs/s: {pipeline}', flush=True)
-  write_results(rows, peak, pipeline, model_name, cores, cpu_flags)
+  write_results(rows, peak, pipeline, model_name, cores, cpu_flags,
+                published)
   del tf
 
 
-def write_results(rows, peak, pipeline, model_name, cores, cpu_flags):
+def write_results(rows, peak, pipeline, model_name, cores, cpu_flags,
+                  published):
   lines = [
       '# Benchmark results', '',
       f'Measured {datetime.date.today().isoformat()} by `python tf2/bench.py` '
@@ -234,12 +313,21 @@ def write_results(rows, peak, pipeline, model_name, cores, cpu_flags):
       f'Matmul peak measured in the same run: {peak["float32"]:.0f} GFLOP/s '
       f'float32, {peak["bfloat16"]:.0f} GFLOP/s bfloat16.', '',
       'Pretraining step (forward of both views, NT-Xent, linear head, LARS '
-      'update); images/s count both views. "Published" is the published '
-      'code\'s float32 figure on 2 cores of this CPU class (SPEC section 5).',
+      'update); images/s count both views. "vs published" divides by the '
+      'published code\'s float32 step ' + (
+          'timed in this same run (--published_tf2_dir).' if published else
+          'as quoted for 2 cores of this CPU class in SPEC section 5 (94 and '
+          '8.9 images/s; not timed in this run).'),
       '',
       '| setting | precision | XLA | images/s | vs published fp32 | GFLOP/s | '
       '% of matmul peak | peak memory (MB) | input pipeline (images/s) |',
       '|---|---|---|---|---|---|---|---|---|']
+  for config_name, value in published.items():
+    label = {'r18_32': 'ResNet-18 CIFAR 32x32, batch 128',
+             'r50_224': 'ResNet-50 224x224, batch 16'}[config_name]
+    lines.append(f'| {label}, **published code** | float32 | off | '
+                 f'{value:.1f} | 1.00x | | | | |')
+  reference = dict(PUBLISHED, **published)
   for row in rows:
     label = {'r18_32': 'ResNet-18 CIFAR 32x32, batch 128',
              'r50_224': 'ResNet-50 224x224, batch 16'}[row['config']]
@@ -254,7 +342,7 @@ def write_results(rows, peak, pipeline, model_name, cores, cpu_flags):
     lines.append(
         f'| {label} | {row["precision"]} | {"on" if row["xla"] else "off"} | '
         f'{row["images_per_second"]:.1f} | '
-        f'{row["images_per_second"] / PUBLISHED[row["config"]]:.2f}x | '
+        f'{row["images_per_second"] / reference[row["config"]]:.2f}x | '
         f'{row["gflops_per_second"]:.0f} | '
         f'{100 * row["gflops_per_second"] / peak_value:.0f}% | '
         f'{row["peak_memory_mb"]:.0f} | {pipe_text} |')

@@ -33,6 +33,8 @@ import tensorflow_datasets as tfds
 
 from simclr import data
 from simclr.data import augment
+from tf2.bench_utils import photo_folder
+from tf2.bench_utils import rate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('sizes', ['32', '224'], 'Image sizes to measure.')
@@ -43,34 +45,6 @@ flags.DEFINE_bool('model', True, 'Also measure the model\'s consumption.')
 flags.DEFINE_integer('model_steps', 3, 'Timed model steps (after one warm-up).')
 flags.DEFINE_string('data_dir', None, 'TFDS data_dir for digits (default: a '
                     'temporary directory).')
-
-
-def photo_folder(root, count=64):
-  """`count` 500x375 JPEG crops of the scikit-learn sample photos."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top
-  photos = datasets.load_sample_images().images  # 427x640 each.
-  rng = np.random.default_rng(0)
-  os.makedirs(root, exist_ok=True)
-  for i in range(count):
-    photo = photos[i % len(photos)]
-    top = rng.integers(0, photo.shape[0] - 375 + 1)
-    left = rng.integers(0, photo.shape[1] - 500 + 1)
-    Image.fromarray(photo[top:top + 375, left:left + 500]).save(
-        os.path.join(root, f'{i:03d}.jpg'), quality=90)
-  return 'folder:' + root
-
-
-def rate(dataset, pairs_per_element, seconds):
-  """Elements/s of a dataset after two warm-up elements, times pairs."""
-  iterator = iter(dataset)
-  next(iterator)
-  next(iterator)
-  count, start = 0, time.perf_counter()
-  while time.perf_counter() - start < seconds:
-    next(iterator)
-    count += 1
-  return count * pairs_per_element / (time.perf_counter() - start)
 
 
 def stage_pipelines(inputs, batch_size):
