@@ -1,11 +1,15 @@
-# Two-command workflow: `make demo` sets up and runs the main job, `make test`
-# runs the suite. Both create .venv on first use.
+# Two-command workflow: `make demo` sets up and runs the SimCLRv2 pipeline on
+# the embedded digits, `make test` runs the suite. Both create .venv on first
+# use. `make bench` measures speed (writes bench/results.md).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench-input clean
+.PHONY: install test demo bench bench-input clean
+# Optional: the tf2/ folder of a google-research/simclr checkout, timed side by
+# side by `make bench`.
+PUBLISHED_TF2_DIR ?=
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +23,10 @@ test: $(VENV)/.installed
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
-	$(PY) tf2/model_zoo.py --depths=18,50 --widths=1
+	$(PY) tf2/demo.py
+
+bench: $(VENV)/.installed
+	$(PY) tf2/bench.py $(if $(PUBLISHED_TF2_DIR),--published_tf2_dir=$(PUBLISHED_TF2_DIR))
 
 bench-input: $(VENV)/.installed
 	$(PY) tf2/bench_input.py

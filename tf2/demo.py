@@ -4,8 +4,9 @@ embedded `digits`), sized for a 2-core CPU:
   1. pretrain a small ResNet with NT-Xent and the memory buffer;
   2. linear evaluation of its frozen features (all labels);
   3. fine-tune from the first projection-head layer on 1% and 10% of labels;
-  4. self-distill (same architecture) and distill into a smaller student,
-     on the unlabeled training images, from each fine-tuned teacher;
+  4. self-distill (same architecture, initialised from the pretrained
+     encoder) and distill into a smaller student (from scratch), on the
+     unlabeled training images, from each fine-tuned teacher (tau = 0.1);
   5. a supervised baseline: the same architecture, labels and steps, from
      scratch.
 
@@ -115,11 +116,13 @@ def stages():
         train_steps=steps(DISTILL_STEPS),
         checkpoint_steps=steps(DISTILL_STEPS), steps_per_loop=20,
         optimizer='lars', learning_rate=0.3, learning_rate_scaling='linear',
-        warmup_epochs=0, weight_decay=0.0, distill_temperature=1.0,
+        warmup_epochs=0, weight_decay=0.0, distill_temperature=0.1,
         train_label_fraction=fraction)
+    # The self-distilled student starts from the pretrained encoder, the
+    # smaller one from scratch.
     result.append(('self_distill', 'simclr_self_distill', TEACHER, fraction,
                    dict(base_flags(os.path.join(out, f'self_distill_{pct}')),
-                        **distill)))
+                        checkpoint=pretrain_dir, **distill)))
     result.append(('distill', 'simclr_distill', SMALL, fraction, dict(
         base_flags(os.path.join(out, f'distill_small_{pct}')),
         **dict(distill, **SMALL))))
