@@ -83,48 +83,40 @@ def test_checkpoint_of_something_else_is_refused(tmp_path):
     simclr.load_model(prefix)
 
 
-def test_truncated_published_checkpoint_names_the_missing_variables(tmp_path):
-  ref = reference_dir('r18_cifar')
-  prefix = os.path.join(ref, 'checkpoint', 'ckpt')
+def _rewrite_published(tmp_path, keep=lambda path: True,
+                       change=lambda path, value: value):
+  """Rebuilds the reference checkpoint's object graph from plain modules,
+  leaving out the paths `keep` rejects and passing values through `change`;
+  returns the new checkpoint's prefix."""
+  prefix = os.path.join(reference_dir('r18_cifar'), 'checkpoint', 'ckpt')
   reader = tf.train.load_checkpoint(prefix)
-  paths = checkpoints.object_graph_paths(prefix)
-  # Rebuild the published object graph without the last block group's last
-  # block: a checkpoint whose blocks do not form any ResNet.
   root = tf.Module()
-  for path, key in paths.items():
-    if '/block_groups/3/layers/1/' in path:
+  for path, key in checkpoints.object_graph_paths(prefix).items():
+    if not keep(path):
       continue
     node = root
-    parts = path.split('/')
-    for part in parts[:-1]:
+    *parents, leaf = path.split('/')
+    for part in parents:
       if not hasattr(node, part):
         setattr(node, part, tf.Module())
       node = getattr(node, part)
-    setattr(node, parts[-1], tf.Variable(reader.get_tensor(key)))
-  written = tf.train.Checkpoint(**{'model': root.model}).write(
-      str(tmp_path / 'ckpt'))
+    setattr(node, leaf, tf.Variable(change(path, reader.get_tensor(key))))
+  return tf.train.Checkpoint(model=root.model).write(str(tmp_path / 'ckpt'))
+
+
+def test_truncated_published_checkpoint_names_the_missing_variables(tmp_path):
+  # Without the last block group's last block, the blocks form no ResNet.
+  written = _rewrite_published(
+      tmp_path, keep=lambda path: '/block_groups/3/layers/1/' not in path)
   with pytest.raises(checkpoints.CheckpointError, match='ResNet depth'):
     simclr.load_model(written)
 
 
 def test_published_weights_that_do_not_fit_are_listed(tmp_path):
-  ref = reference_dir('r18_cifar')
-  prefix = os.path.join(ref, 'checkpoint', 'ckpt')
-  reader = tf.train.load_checkpoint(prefix)
-  paths = checkpoints.object_graph_paths(prefix)
-  root = tf.Module()
-  for path, key in paths.items():
-    value = reader.get_tensor(key)
-    if path.endswith('block_groups/1/layers/0/conv2d_bn_layers/2/conv2d/kernel'):
-      value = value[:, :, :, :100]  # wrong shape
-    node = root
-    parts = path.split('/')
-    for part in parts[:-1]:
-      if not hasattr(node, part):
-        setattr(node, part, tf.Module())
-      node = getattr(node, part)
-    setattr(node, parts[-1], tf.Variable(value))
-  written = tf.train.Checkpoint(model=root.model).write(str(tmp_path / 'ckpt'))
+  target = 'block_groups/1/layers/0/conv2d_bn_layers/2/conv2d/kernel'
+  written = _rewrite_published(
+      tmp_path, change=lambda path, value: value[:, :, :, :100]
+      if path.endswith(target) else value)
   with pytest.raises(checkpoints.CheckpointError,
                      match=r'wrong shape \(1\).*conv2d_bn_layers/2'):
     simclr.load_model(written)
