@@ -6,8 +6,11 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import contextlib  # noqa: E402
+
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
 
 NUM_LOGICAL_CPUS = 2
 SHARED_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared')
@@ -37,3 +40,15 @@ def reference_dir(name):
     pytest.skip(f'reference export {name} not found at {path} (../shared is '
                 f'only beside the checkout in the project\'s CI)')
   return path
+
+
+@contextlib.contextmanager
+def layers_in(dtype):
+  """Models built inside the block get `dtype` variables and computation
+  (e.g. float64 for equality tests tighter than float32 round-off)."""
+  floatx = tf_keras.backend.floatx()
+  tf_keras.backend.set_floatx(dtype)
+  try:
+    yield
+  finally:
+    tf_keras.backend.set_floatx(floatx)

@@ -4,7 +4,6 @@ device does on the concatenated batch. Compared in float64, where the two
 implementations (synchronized vs fused batch norm) agree to round-off, and in
 float32 to float32 round-off."""
 
-import contextlib
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import tf_keras
 
 import simclr
 from simclr.models.resnet import BatchNormRelu
+from conftest import layers_in
 
 CONFIG = simclr.ModelConfig(resnet_depth=18, width_multiplier=0.25,
                             image_size=16, num_classes=10, proj_out_dim=8,
@@ -28,18 +28,6 @@ def strategy():
   passes are computed once); its own collective keys, as in conftest."""
   tf.distribute.MirroredStrategy._collective_key_base += 100000  # pylint: disable=protected-access
   return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
-
-
-@contextlib.contextmanager
-def layers_in(dtype):
-  """Builds the models of the block with float64 (or other) variables and
-  computation; the losses and outputs stay float32."""
-  floatx = tf_keras.backend.floatx()
-  tf_keras.backend.set_floatx(dtype)
-  try:
-    yield
-  finally:
-    tf_keras.backend.set_floatx(floatx)
 
 
 @pytest.fixture(scope='module')

@@ -2,7 +2,6 @@
 contrastive loss with memory, against numpy formulas, on one device and on two
 replicas of a MirroredStrategy."""
 
-import contextlib
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import tf_keras
 import simclr
 from simclr import losses
 from simclr.models import momentum
+from conftest import layers_in
 
 CONFIG = simclr.ModelConfig(resnet_depth=18, width_multiplier=0.25,
                             image_size=16, num_classes=10, proj_out_dim=8,
@@ -19,17 +19,6 @@ CONFIG = simclr.ModelConfig(resnet_depth=18, width_multiplier=0.25,
 NUM_IMAGES = 4  # global batch: 8 views, 8 keys per step
 KEYS_PER_STEP = 2 * NUM_IMAGES
 DIM = 5
-
-
-@contextlib.contextmanager
-def layers_in(dtype):
-  """Models built in the block have `dtype` variables and computation."""
-  floatx = tf_keras.backend.floatx()
-  tf_keras.backend.set_floatx(dtype)
-  try:
-    yield
-  finally:
-    tf_keras.backend.set_floatx(floatx)
 
 
 def numpy_memory_loss(queries, keys, queue, temperature, queue_length=None):
