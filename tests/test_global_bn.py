@@ -8,7 +8,6 @@ float32 to float32 round-off."""
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 
 import simclr
 from simclr.models.resnet import BatchNormRelu

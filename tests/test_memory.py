@@ -6,7 +6,6 @@ replicas of a MirroredStrategy."""
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 
 import simclr
 from simclr import losses
