@@ -262,7 +262,7 @@ def infer_published_config(paths: Dict[str, str],
   if se_kernels:
     last_group = [p for p in se_kernels if '/block_groups/3/' in p][0]
     reduced = shape(last_group)[-1]
-    se_ratio = reduced / (stem_width_of(width) * 8)
+    se_ratio = reduced / (resnet_lib.stem_width(width) * 8)
 
   head_layers = sorted({int(m.group(1)) for m in (
       re.match(r'_projection_head/linear_layers/(\d+)/', p) for p in paths)
@@ -288,10 +288,6 @@ def infer_published_config(paths: Dict[str, str],
       num_proj_layers=max(num_layers, 1),
       proj_out_dim=proj_out_dim,
       global_bn=False)
-
-
-def stem_width_of(width_multiplier) -> int:
-  return resnet_lib.stem_width(width_multiplier)
 
 
 def _assign_published(model: SimCLRModel, prefix: str, root: str,

@@ -7,7 +7,7 @@ block of every group), so that its checkpoints map onto these variables; see
 `simclr/checkpoints.py` for that mapping. Channels-last only.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import tensorflow as tf
 import tf_keras
@@ -342,9 +342,6 @@ class ResNet(tf_keras.layers.Layer):
       outputs[f'block_group{stage}'] = x
     outputs['final_avg_pool'] = tf.reduce_mean(x, [1, 2])
     return outputs
-
-  def frozen_layers(self) -> List[tf_keras.layers.Layer]:
-    return ([self.stem] + self.block_groups)[:self.frozen_stages]
 
 
 def build_resnet(config, name: Optional[str] = 'resnet') -> ResNet:

@@ -63,10 +63,6 @@ class SimCLRModel(tf_keras.Model):
         outputs[key] = tf.cast(outputs[key], tf.float32)
     return outputs
 
-  def encoder_variables(self):
-    """Variables of the ResNet up to the final average pool."""
-    return self.resnet.variables
-
 
 def build_model(config: ModelConfig, build: bool = True) -> SimCLRModel:
   """Returns a SimCLRModel; with `build`, its variables are created by a call
