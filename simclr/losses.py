@@ -1,21 +1,25 @@
-"""Training objectives: NT-Xent (SimCLR Eq. 1, optionally with the SimCLRv2
-memory of momentum keys), supervised cross-entropy and distillation
+"""Training objectives, the only place each is written: NT-Xent (SimCLR
+Eq. 1, optionally with SimCLRv2's memory of momentum keys, in either of its two
+readings), supervised cross-entropy (with unlabeled rows) and distillation
 (SimCLRv2 Eq. 2 and 3).
 
-Every loss is the mean over the examples of the calling replica. Inside a
-replica context of a tf.distribute strategy the contrastive losses take their
-candidates (negatives and positives) from the whole global batch, gathered
-across replicas with the replica context's `all_gather`, whose gradient sums
-the replicas' contributions back to the embeddings that produced them. A
-train step therefore divides its per-replica loss by `num_replicas_in_sync`
-before taking gradients (as the published code does): the mean over replicas
-of the per-replica losses is the global loss, and the gradients summed over
-replicas are those of the global loss, equal to a single-device run on the
-whole batch.
+Every loss is an average over the examples of the calling replica (the
+supervised loss over its labeled examples). Inside a replica context of a
+tf.distribute strategy the contrastive losses take their candidates
+(negatives and positives) from the whole global batch, gathered across
+replicas with the replica context's `all_gather`, whose gradient sums the
+replicas' contributions back to the embeddings that produced them. A train
+step therefore divides its per-replica loss by `num_replicas_in_sync` before
+taking gradients (as the published code does): the mean over replicas of the
+per-replica losses is the global loss, and the gradients summed over replicas
+are those of the global loss, equal to a single-device run on the whole batch.
 
 Row convention (the published one): the contrastive inputs are [2n, d],
 the first view of the replica's n images in rows 0..n-1, the second view of
 the same images, in the same order, in rows n..2n-1.
+
+Label convention: integer class indices [B] in [0, C), negative (-1) for an
+unlabeled example, which then contributes nothing to a label term.
 """
 
 from typing import Dict, NamedTuple, Optional, Tuple
@@ -43,6 +47,37 @@ class ContrastiveOutputs(NamedTuple):
   loss: tf.Tensor
   logits: tf.Tensor
   labels: tf.Tensor
+
+
+class SupervisedOutputs(NamedTuple):
+  """What `supervised_with_labels` returns, all scalar float32.
+
+  loss: mean softmax cross-entropy over the labeled examples (0 when none).
+  accuracy: fraction of the labeled examples whose top logit is their label
+    (0 when none).
+  num_labeled: how many examples carry a label.
+  """
+  loss: tf.Tensor
+  accuracy: tf.Tensor
+  num_labeled: tf.Tensor
+
+
+class DistillationOutputs(NamedTuple):
+  """What `distillation_terms` returns, all scalar float32: the two terms of
+  SimCLRv2 Eq. 3 (their sum is the loss) and two metrics.
+
+  distill_loss: alpha * mean over the B examples of Eq. 2.
+  supervised_loss: (1 - alpha) * (sum over the labeled examples of the
+    student's cross-entropy) / B.
+  supervised_accuracy: fraction of the labeled examples whose top student
+    logit is their label (0 when none).
+  agreement: fraction of the B examples where the teacher's and the
+    student's top logits are the same class.
+  """
+  distill_loss: tf.Tensor
+  supervised_loss: tf.Tensor
+  supervised_accuracy: tf.Tensor
+  agreement: tf.Tensor
 
 
 def nt_xent(hidden, temperature: float = 0.1, hidden_norm: bool = True,
@@ -84,7 +119,9 @@ def nt_xent_with_memory(queries, keys, queue, temperature: float = 0.1,
   the global batch, except the key of the anchor's own view of its own image,
   plus the valid rows of the memory queue; its positive is the key of the
   other view of its image. With keys equal to the queries and an empty queue
-  this is exactly `contrastive_loss(queries)`.
+  this is exactly `contrastive_loss(queries)`. The other reading of the
+  paper, the online network's NT-Xent with the queue as extra negatives
+  only, is `nt_xent_with_negatives`.
 
   Args:
     queries: [2n, d] online projections, the `hidden` convention of `nt_xent`.
@@ -102,19 +139,42 @@ def nt_xent_with_memory(queries, keys, queue, temperature: float = 0.1,
   """
   queries = _normalize(queries, hidden_norm)
   keys = _normalize(tf.stop_gradient(keys), hidden_norm)
-  queue = _normalize(tf.stop_gradient(tf.convert_to_tensor(queue)),
-                     hidden_norm)
   key_candidates, anchor_index, num_images = gather_views(keys)
-  candidates = tf.concat([key_candidates, queue], 0)
-  num_keys = tf.shape(key_candidates)[0]
-  if queue_length is None:
-    exclude = None
-  else:
-    slot = tf.range(tf.shape(queue)[0])
-    unfilled = slot >= tf.cast(queue_length, tf.int32)
-    exclude = tf.concat(
-        [tf.zeros([num_keys], tf.bool), unfilled], 0)[tf.newaxis, :]
+  candidates, exclude = _append_queue(key_candidates, queue, queue_length,
+                                      hidden_norm)
   return _contrastive_outputs(queries, candidates, anchor_index, num_images,
+                              temperature, reduction, exclude)
+
+
+def nt_xent_with_negatives(hidden, queue, temperature: float = 0.1,
+                           hidden_norm: bool = True, queue_length=None,
+                           reduction: str = 'mean') -> ContrastiveOutputs:
+  """NT-Xent with SimCLRv2's memory read as extra negatives only.
+
+  SimCLR's own loss on the online network, unchanged: anchors, positives and
+  in-batch negatives are the online projections of the global batch
+  (gathered across replicas as in `contrastive_loss`). The valid rows of the
+  queue of past momentum keys are appended to every anchor's candidates as
+  negatives ("buffered as negative examples", SimCLRv2 Sec. 2). With an empty
+  queue (queue_length=0) this is exactly `contrastive_loss(hidden)`.
+
+  Args:
+    hidden: [2n, d] online projections, the `hidden` convention of `nt_xent`.
+    queue: [Q, d] past momentum keys (a variable or tensor). No gradient
+      flows into it.
+    temperature, hidden_norm, reduction: as in `nt_xent`; with hidden_norm
+      the queue is normalised too.
+    queue_length: scalar int, how many leading rows of `queue` hold keys (the
+      rest are unfilled and excluded); None means all Q rows.
+
+  Returns:
+    ContrastiveOutputs; logits/labels as in `contrastive_loss` (no queue).
+  """
+  hidden = _normalize(hidden, hidden_norm)
+  batch_candidates, anchor_index, num_images = gather_views(hidden)
+  candidates, exclude = _append_queue(batch_candidates, queue, queue_length,
+                                      hidden_norm)
+  return _contrastive_outputs(hidden, candidates, anchor_index, num_images,
                               temperature, reduction, exclude)
 
 
@@ -176,10 +236,30 @@ def supervised(labels_onehot, logits) -> tf.Tensor:
 
   labels_onehot: [B, C] (or soft targets); logits: [B, C].
   """
-  logits = tf.cast(logits, tf.float32)
-  labels = tf.cast(labels_onehot, tf.float32)
-  return tf.reduce_mean(
-      tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+  return tf.reduce_mean(_softmax_cross_entropy(labels_onehot, logits))
+
+
+def supervised_with_labels(labels, logits) -> SupervisedOutputs:
+  """Softmax cross-entropy of the labeled examples of the local batch.
+
+  Args:
+    labels: [B] integer class indices in [0, C); negative (-1) marks an
+      unlabeled example, which adds nothing to the loss, its gradient or the
+      accuracy.
+    logits: [B, C] (any float dtype; computed in float32).
+
+  Returns:
+    SupervisedOutputs: the mean over the labeled examples and their accuracy,
+    both 0 (with a zero, not NaN, gradient) when no example is labeled, and
+    their count.
+  """
+  per_example, labeled, correct = _labeled_cross_entropy(labels, logits)
+  num_labeled = tf.reduce_sum(labeled)
+  # At least 1, so a batch without labels gives 0 instead of 0 / 0.
+  denominator = tf.maximum(num_labeled, 1.0)
+  return SupervisedOutputs(loss=tf.reduce_sum(per_example) / denominator,
+                           accuracy=tf.reduce_sum(correct) / denominator,
+                           num_labeled=num_labeled)
 
 
 def distillation(teacher_logits, student_logits,
@@ -194,44 +274,131 @@ def distillation(teacher_logits, student_logits,
       _distillation_per_example(teacher_logits, student_logits, temperature))
 
 
+def distillation_terms(teacher_logits, student_logits, labels, alpha: float,
+                       temperature: float) -> DistillationOutputs:
+  """The two terms of SimCLRv2 Eq. 3, kept apart for the metrics:
+  alpha * distillation (Eq. 2) of all examples
+  + (1 - alpha) * cross-entropy of the labeled examples.
+
+  Eq. 3 sums over the examples; both sums are divided here by the local batch
+  size B (labeled or not), which keeps Eq. 3's ratio between the two terms
+  (and makes alpha=1 the mean of `distillation`). The loss to train on is
+  distill_loss + supervised_loss.
+
+  Args:
+    teacher_logits: [B, C]; no gradient reaches them.
+    student_logits: [B, C].
+    labels: [B] integer class indices, negative (-1) for unlabeled examples.
+    alpha: weight of the distillation term, in [0, 1] (1: distillation
+      only, the labels then only feed supervised_accuracy).
+    temperature: tau of the distillation term; the label term uses the
+      student's plain softmax (tau = 1), as it predicts the true class.
+
+  Returns:
+    DistillationOutputs, scalar float32 each.
+  """
+  teacher = tf.cast(teacher_logits, tf.float32)
+  student = tf.cast(student_logits, tf.float32)
+  batch_size = tf.cast(tf.shape(student)[0], tf.float32)
+  distill = _distillation_per_example(teacher, student, temperature)
+  cross_entropy, labeled, correct = _labeled_cross_entropy(labels, student)
+  agrees = tf.equal(tf.argmax(teacher, -1), tf.argmax(student, -1))
+  return DistillationOutputs(
+      distill_loss=alpha * tf.reduce_sum(distill) / batch_size,
+      supervised_loss=(1.0 - alpha) * tf.reduce_sum(cross_entropy) / batch_size,
+      supervised_accuracy=(tf.reduce_sum(correct) /
+                           tf.maximum(tf.reduce_sum(labeled), 1.0)),
+      agreement=tf.reduce_mean(tf.cast(agrees, tf.float32)))
+
+
 def distillation_with_labels(teacher_logits, student_logits, labels_onehot,
                              labeled=None, alpha: float = 1.0,
                              temperature: float = 1.0) -> tf.Tensor:
-  """SimCLRv2 Eq. 3 (scalar float32):
-  (1 - alpha) * supervised cross-entropy of the labeled examples
-  + alpha * distillation loss (Eq. 2) of all examples,
-  both sums divided by the local batch size B, so their ratio is Eq. 3's.
+  """SimCLRv2 Eq. 3 as one scalar float32: the sum of the two terms of
+  `distillation_terms` (see there for the normalisation).
 
   Args:
     teacher_logits, student_logits: [B, C].
-    labels_onehot: [B, C] ground truth (ignored where not `labeled`).
-    labeled: [B] bool or 0/1, which examples carry a label; None = all.
-    alpha: weight of the distillation term (1.0: distillation only).
-    temperature: tau of the distillation term; the label term uses the
-      student's plain softmax (tau = 1), as it predicts the true class.
+    labels_onehot: [B, C] one-hot ground truth; an all-zero row (as
+      tf.one_hot gives for label -1) counts as unlabeled.
+    labeled: [B] bool or 0/1, which examples carry a label; None = every
+      example with a one-hot row.
+    alpha, temperature: as in `distillation_terms`.
   """
-  distill = _distillation_per_example(teacher_logits, student_logits,
-                                      temperature)
-  cross_entropy = tf.nn.softmax_cross_entropy_with_logits(
-      labels=tf.cast(labels_onehot, tf.float32),
-      logits=tf.cast(student_logits, tf.float32))
+  labels_onehot = tf.convert_to_tensor(labels_onehot)
+  is_labeled = tf.reduce_max(labels_onehot, -1) > 0
   if labeled is not None:
-    cross_entropy *= tf.cast(labeled, tf.float32)
-  return tf.reduce_mean((1.0 - alpha) * cross_entropy + alpha * distill)
+    is_labeled = tf.logical_and(is_labeled, tf.cast(labeled, tf.bool))
+  labels = tf.where(is_labeled,
+                    tf.argmax(labels_onehot, -1, output_type=tf.int32), -1)
+  terms = distillation_terms(teacher_logits, student_logits, labels, alpha,
+                             temperature)
+  return terms.distill_loss + terms.supervised_loss
+
+
+def _softmax_cross_entropy(targets, logits):
+  """[B] float32 -sum_c targets_c log softmax(logits)_c, of [B, C] inputs:
+  the one cross-entropy formula behind every supervised and distillation
+  loss."""
+  return tf.nn.softmax_cross_entropy_with_logits(
+      labels=tf.cast(targets, tf.float32), logits=tf.cast(logits, tf.float32))
+
+
+def _labeled_cross_entropy(labels, logits):
+  """Cross-entropy of integer labels, negative = unlabeled.
+
+  labels: [B] int; logits: [B, C].
+  Returns [B] float32 each: the cross-entropy (0 on unlabeled rows), 1.0 on
+  labeled rows, 1.0 on labeled rows whose top logit is the label.
+  """
+  labels = tf.cast(labels, tf.int32)
+  is_labeled = labels >= 0
+  onehot = tf.one_hot(tf.where(is_labeled, labels, 0), tf.shape(logits)[-1])
+  # tf.where rather than zero targets or a 0/1 weight: the softmax
+  # cross-entropy's gradient ignores the targets' sum (all-zero targets would
+  # still push the logits), and 0 * inf would be NaN.
+  cross_entropy = tf.where(is_labeled, _softmax_cross_entropy(onehot, logits),
+                           0.0)
+  predicted = tf.argmax(logits, -1, output_type=tf.int32)
+  correct = tf.logical_and(is_labeled, tf.equal(predicted, labels))
+  return (cross_entropy, tf.cast(is_labeled, tf.float32),
+          tf.cast(correct, tf.float32))
 
 
 def _distillation_per_example(teacher_logits, student_logits, temperature):
+  """[B] float32 Eq. 2 per example; the teacher is a constant."""
   teacher = tf.stop_gradient(tf.cast(teacher_logits, tf.float32))
   student = tf.cast(student_logits, tf.float32)
-  return tf.nn.softmax_cross_entropy_with_logits(
-      labels=tf.nn.softmax(teacher / temperature),
-      logits=student / temperature)
+  return _softmax_cross_entropy(tf.nn.softmax(teacher / temperature),
+                                student / temperature)
 
 
 def _normalize(hidden, hidden_norm: bool):
   # Losses in float32 whatever the model's compute dtype.
   hidden = tf.cast(hidden, tf.float32)
   return tf.math.l2_normalize(hidden, -1) if hidden_norm else hidden
+
+
+def _append_queue(candidates, queue, queue_length, hidden_norm: bool):
+  """Appends the memory queue to the global batch's candidates.
+
+  candidates: [2M, d] float32 (already normalised as hidden_norm says);
+  queue: [Q, d], a constant here (stop-gradient), normalised like them;
+  queue_length: scalar int or None (all Q rows filled).
+  Returns the [2M + Q, d] candidates and the `exclude` of
+  `_contrastive_outputs`: None, or [1, 2M + Q] bool marking the unfilled
+  queue rows (index >= queue_length).
+  """
+  queue = _normalize(tf.stop_gradient(tf.convert_to_tensor(queue)),
+                     hidden_norm)
+  all_candidates = tf.concat([candidates, queue], 0)
+  if queue_length is None:
+    return all_candidates, None
+  # A mask rather than a slice keeps the shapes static (XLA, TPUs).
+  unfilled = tf.range(tf.shape(queue)[0]) >= tf.cast(queue_length, tf.int32)
+  exclude = tf.concat([tf.zeros([tf.shape(candidates)[0]], tf.bool), unfilled],
+                      0)
+  return all_candidates, exclude[tf.newaxis, :]
 
 
 def _contrastive_outputs(anchors, candidates, anchor_index, num_images,

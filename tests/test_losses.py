@@ -237,12 +237,186 @@ def test_distillation_gradient_reaches_the_student_only():
                              atol=1e-6)
 
 
-def test_distillation_with_labels_equals_equation_3():
+# Labels with unlabeled rows: class indices, -1 for unlabeled.
+LABELS = np.array([1, -1, 4, 2, -1, 3, -1, 0])
+LABELED = LABELS >= 0
+NUM_CLASSES = 5
+
+
+def numpy_log_softmax(logits):
+  shifted = logits - logits.max(1, keepdims=True)
+  return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+
+
+def numpy_labeled_cross_entropy(labels, logits):
+  """[B] -log softmax(logits)[label], 0 where the label is -1."""
+  log_p = numpy_log_softmax(np.asarray(logits, np.float64))
+  picked = log_p[np.arange(len(labels)), np.maximum(labels, 0)]
+  return np.where(labels >= 0, -picked, 0.0)
+
+
+def random_logits(seed, rows=len(LABELS), classes=NUM_CLASSES):
+  return np.random.RandomState(seed).randn(rows, classes).astype(np.float32)
+
+
+def test_supervised_with_labels_is_mean_cross_entropy_of_labeled_rows():
+  logits = random_logits(12)
+  out = losses.supervised_with_labels(tf.constant(LABELS), tf.constant(logits))
+  expected = numpy_labeled_cross_entropy(LABELS, logits).sum() / LABELED.sum()
+  np.testing.assert_allclose(out.loss.numpy(), expected, rtol=1e-6)
+
+
+def test_supervised_with_labels_gradient_skips_unlabeled_rows():
+  logits = random_logits(13)
+  x = tf.constant(logits)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    loss = losses.supervised_with_labels(tf.constant(LABELS), x).loss
+  # d/dz of the mean over labeled rows: (softmax(z) - onehot) / num_labeled.
+  onehot = np.eye(NUM_CLASSES)[np.maximum(LABELS, 0)]
+  expected = ((numpy_softmax(logits.astype(np.float64)) - onehot) *
+              LABELED[:, None] / LABELED.sum())
+  np.testing.assert_allclose(tape.gradient(loss, x).numpy(), expected,
+                             atol=1e-7)
+
+
+def test_supervised_with_labels_accuracy_counts_labeled_rows_only():
+  # Top logits per row: 1, 0, 4, 0, 2, 3, 1, 1; labeled rows 0, 2, 3, 5, 7
+  # hit their label in rows 0, 2, 5: 3 of 5. Unlabeled row 1's top class is
+  # 0, which must not count as a hit of a placeholder label 0.
+  logits = np.full([len(LABELS), NUM_CLASSES], -1.0, np.float32)
+  for row, top in enumerate([1, 0, 4, 0, 2, 3, 1, 1]):
+    logits[row, top] = 1.0
+  out = losses.supervised_with_labels(tf.constant(LABELS), tf.constant(logits))
+  np.testing.assert_allclose(out.accuracy.numpy(), 3 / 5, rtol=1e-6)
+
+
+def test_supervised_with_labels_counts_labeled_rows():
+  out = losses.supervised_with_labels(tf.constant(LABELS),
+                                      tf.constant(random_logits(14)))
+  assert out.num_labeled.dtype == tf.float32
+  assert out.num_labeled.numpy() == 5.0
+
+
+def test_supervised_without_labeled_rows_is_zero_with_zero_gradient():
+  x = tf.constant(random_logits(15, rows=3))
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    out = losses.supervised_with_labels(tf.constant([-1, -1, -1]), x)
+  assert out.loss.numpy() == 0.0
+  assert out.accuracy.numpy() == 0.0
+  assert out.num_labeled.numpy() == 0.0
+  np.testing.assert_array_equal(tape.gradient(out.loss, x).numpy(), 0.0)
+
+
+def numpy_equation_3_terms(teacher, student, labels, alpha, tau):
+  """SimCLRv2 Eq. 3's two terms, each sum over examples divided by B."""
+  teacher, student = (np.asarray(a, np.float64) for a in (teacher, student))
+  batch = len(student)
+  distill = -(numpy_softmax(teacher / tau) *
+              numpy_log_softmax(student / tau)).sum()
+  label = numpy_labeled_cross_entropy(labels, student).sum()
+  return alpha * distill / batch, (1 - alpha) * label / batch
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.3, 1.0])
+def test_distillation_term_is_alpha_times_mean_equation_2(alpha):
+  teacher, student = random_logits(16), random_logits(17)
+  out = losses.distillation_terms(tf.constant(teacher), tf.constant(student),
+                                  tf.constant(LABELS), alpha=alpha,
+                                  temperature=0.5)
+  expected, _ = numpy_equation_3_terms(teacher, student, LABELS, alpha, 0.5)
+  np.testing.assert_allclose(out.distill_loss.numpy(), expected, rtol=1e-6,
+                             atol=1e-7)
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.3, 1.0])
+def test_supervised_term_is_labeled_cross_entropy_summed_over_batch_size(
+    alpha):
+  teacher, student = random_logits(18), random_logits(19)
+  out = losses.distillation_terms(tf.constant(teacher), tf.constant(student),
+                                  tf.constant(LABELS), alpha=alpha,
+                                  temperature=0.5)
+  _, expected = numpy_equation_3_terms(teacher, student, LABELS, alpha, 0.5)
+  np.testing.assert_allclose(out.supervised_loss.numpy(), expected,
+                             rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.3, 1.0])
+def test_distillation_terms_gradient_wrt_student_equals_analytic(alpha):
+  teacher, student = random_logits(20), random_logits(21)
+  tau = 0.5
+  x = tf.constant(student)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    out = losses.distillation_terms(tf.constant(teacher), x,
+                                    tf.constant(LABELS), alpha=alpha,
+                                    temperature=tau)
+    loss = out.distill_loss + out.supervised_loss
+  # d/ds of alpha/B sum -P_T log softmax(s/tau) is
+  # alpha/B (softmax(s/tau) - P_T)/tau; of (1-alpha)/B sum_labeled CE it is
+  # (1-alpha)/B (softmax(s) - onehot) on labeled rows.
+  s, t = student.astype(np.float64), teacher.astype(np.float64)
+  batch = len(s)
+  onehot = np.eye(NUM_CLASSES)[np.maximum(LABELS, 0)]
+  expected = (alpha / batch * (numpy_softmax(s / tau) -
+                               numpy_softmax(t / tau)) / tau +
+              (1 - alpha) / batch * (numpy_softmax(s) - onehot) *
+              LABELED[:, None])
+  np.testing.assert_allclose(tape.gradient(loss, x).numpy(), expected,
+                             atol=1e-7)
+
+
+def test_distillation_terms_send_no_gradient_to_teacher():
+  teacher = tf.constant(random_logits(22))
+  student = tf.constant(random_logits(23))
+  with tf.GradientTape() as tape:
+    tape.watch(teacher)
+    out = losses.distillation_terms(teacher, student, tf.constant(LABELS),
+                                    alpha=0.3, temperature=2.0)
+    loss = out.distill_loss + out.supervised_loss
+  assert tape.gradient(loss, teacher) is None
+
+
+def test_distillation_terms_supervised_accuracy_counts_labeled_rows_only():
+  # Student's top classes: 1, 0, 4, 0, 2, 3, 1, 1: labeled rows 0, 2, 5 of
+  # 0, 2, 3, 5, 7 are right.
+  student = np.full([len(LABELS), NUM_CLASSES], -1.0, np.float32)
+  for row, top in enumerate([1, 0, 4, 0, 2, 3, 1, 1]):
+    student[row, top] = 1.0
+  out = losses.distillation_terms(tf.constant(random_logits(24)),
+                                  tf.constant(student), tf.constant(LABELS),
+                                  alpha=0.5, temperature=1.0)
+  np.testing.assert_allclose(out.supervised_accuracy.numpy(), 3 / 5,
+                             rtol=1e-6)
+
+
+def test_distillation_terms_agreement_is_fraction_of_equal_top_classes():
+  teacher, student = random_logits(25), random_logits(26)
+  out = losses.distillation_terms(tf.constant(teacher), tf.constant(student),
+                                  tf.constant(LABELS), alpha=0.5,
+                                  temperature=1.0)
+  expected = np.mean(teacher.argmax(1) == student.argmax(1))
+  assert 0 < expected < 1  # the seeds give a mix of agreeing rows
+  np.testing.assert_allclose(out.agreement.numpy(), expected, rtol=1e-6)
+
+
+def test_distillation_terms_without_labeled_rows_have_zero_label_term():
+  out = losses.distillation_terms(tf.constant(random_logits(27, rows=3)),
+                                  tf.constant(random_logits(28, rows=3)),
+                                  tf.constant([-1, -1, -1]), alpha=0.3,
+                                  temperature=1.0)
+  assert out.supervised_loss.numpy() == 0.0
+  assert out.supervised_accuracy.numpy() == 0.0
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.3, 1.0])
+def test_distillation_with_labels_equals_equation_3(alpha):
   rng = np.random.RandomState(10)
   teacher, student = rng.randn(6, 5), rng.randn(6, 5)
   labels = np.eye(5)[[1, 0, 4, 2, 2, 3]]
   labeled = np.array([1, 1, 0, 1, 0, 0], bool)
-  alpha, tau = 0.3, 0.5
+  tau = 0.5
   loss = losses.distillation_with_labels(
       tf.constant(teacher, tf.float32), tf.constant(student, tf.float32),
       tf.constant(labels, tf.float32), labeled=tf.constant(labeled),
@@ -251,6 +425,22 @@ def test_distillation_with_labels_equals_equation_3():
   distill_term = -(numpy_softmax(teacher / tau) *
                    np.log(numpy_softmax(student / tau))).sum()
   expected = ((1 - alpha) * label_term + alpha * distill_term) / 6
+  np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
+
+
+def test_distillation_with_labels_treats_all_zero_rows_as_unlabeled():
+  rng = np.random.RandomState(29)
+  teacher, student = rng.randn(4, 3), rng.randn(4, 3)
+  # tf.one_hot of the labels [2, -1, 0, -1].
+  labels = np.eye(3)[[2, 0, 0, 0]] * np.array([1, 0, 1, 0])[:, None]
+  alpha = 0.3
+  loss = losses.distillation_with_labels(
+      tf.constant(teacher, tf.float32), tf.constant(student, tf.float32),
+      tf.constant(labels, tf.float32), alpha=alpha)
+  log_p = np.log(numpy_softmax(student))
+  label_term = -(log_p[0, 2] + log_p[2, 0])
+  distill_term = -(numpy_softmax(teacher) * log_p).sum()
+  expected = ((1 - alpha) * label_term + alpha * distill_term) / 4
   np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
 
 

@@ -14,7 +14,7 @@ from conftest import layers_in
 
 CONFIG = simclr.ModelConfig(resnet_depth=18, width_multiplier=0.25,
                             image_size=16, num_classes=10, proj_out_dim=8,
-                            train_mode='pretrain', global_bn=True)
+                            linear_probe=True, global_bn=True)
 NUM_IMAGES = 4  # global batch: 8 views, 8 keys per step
 KEYS_PER_STEP = 2 * NUM_IMAGES
 DIM = 5
@@ -40,6 +40,44 @@ def numpy_memory_loss(queries, keys, queue, temperature, queue_length=None):
     log_denominator = logits.max() + np.log(np.exp(logits - logits.max()).sum())
     per_anchor.append(log_denominator - q[i] @ k[positive] / temperature)
   return np.mean(per_anchor)
+
+
+def numpy_negatives_loss(hidden, queue, temperature, queue_length=None,
+                         hidden_norm=True):
+  """SimCLR Eq. 1 on the online projections, with the first queue_length
+  queue rows as extra negatives: mean over the 2N anchors (row i + N is the
+  other view of row i) of -log(exp(h_i.h_pos/tau) / sum_c exp(h_i.c/tau)),
+  c over all rows of hidden but h_i, then the memory rows; with hidden_norm
+  everything L2-normalised."""
+  def unit(x):
+    x = np.asarray(x, np.float64)
+    if hidden_norm:
+      x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+  h = unit(hidden)
+  memory = unit(queue)[:queue_length]
+  two_n = len(h)
+  per_anchor = []
+  for i in range(two_n):
+    positive = (i + two_n // 2) % two_n
+    candidates = np.concatenate([np.delete(h, i, axis=0), memory])
+    logits = candidates @ h[i] / temperature
+    log_denominator = logits.max() + np.log(np.exp(logits - logits.max()).sum())
+    per_anchor.append(log_denominator - h[i] @ h[positive] / temperature)
+  return np.mean(per_anchor)
+
+
+def numpy_gradient(loss_fn, x, step=1e-6):
+  """Central finite differences of a float64 numpy function."""
+  x = np.asarray(x, np.float64)
+  gradient = np.zeros_like(x)
+  for index in np.ndindex(x.shape):
+    plus, minus = x.copy(), x.copy()
+    plus[index] += step
+    minus[index] -= step
+    gradient[index] = (loss_fn(plus) - loss_fn(minus)) / (2 * step)
+  return gradient
 
 
 def replica_rows(num_images, num_replicas, replica):
@@ -193,20 +231,150 @@ def test_loss_with_memory_on_two_replicas_equals_formula(two_replica_strategy):
                              numpy_memory_loss(queries, keys, queue, 0.2),
                              atol=1e-5)
 
-  def numpy_loss(q):
-    return numpy_memory_loss(q, keys, queue, 0.2)
-
-  expected = np.zeros_like(queries, np.float64)
-  step = 1e-6
-  for index in np.ndindex(queries.shape):
-    plus, minus = queries.astype(np.float64), queries.astype(np.float64)
-    plus[index] += step
-    minus[index] -= step
-    expected[index] = (numpy_loss(plus) - numpy_loss(minus)) / (2 * step)
+  expected = numpy_gradient(
+      lambda q: numpy_memory_loss(q, keys, queue, 0.2), queries)
   combined = np.zeros_like(queries)
   for r, local in enumerate(local_results(strategy, gradient)):
     combined[replica_rows(NUM_IMAGES, 2, r)] = local
   np.testing.assert_allclose(combined, expected, atol=1e-5)
+
+
+# The loss with the memory as extra negatives only.
+
+
+def test_loss_with_buffered_negatives_equals_formula():
+  rng = np.random.RandomState(11)
+  hidden = rng.randn(KEYS_PER_STEP, DIM).astype(np.float32)
+  queue = rng.randn(16, DIM).astype(np.float32)
+  out = losses.nt_xent_with_negatives(hidden, queue, temperature=0.2,
+                                      queue_length=tf.constant(12))
+  np.testing.assert_allclose(
+      out.loss.numpy(),
+      numpy_negatives_loss(hidden, queue, 0.2, queue_length=12), rtol=1e-6)
+
+
+def test_loss_with_buffered_negatives_without_hidden_norm_uses_dot_products():
+  rng = np.random.RandomState(12)
+  hidden = 0.3 * rng.randn(KEYS_PER_STEP, DIM).astype(np.float32)
+  queue = 0.3 * rng.randn(16, DIM).astype(np.float32)
+  out = losses.nt_xent_with_negatives(hidden, queue, temperature=0.5,
+                                      hidden_norm=False)
+  np.testing.assert_allclose(
+      out.loss.numpy(),
+      numpy_negatives_loss(hidden, queue, 0.5, hidden_norm=False), rtol=1e-6)
+
+
+def test_loss_with_buffered_negatives_gradient_equals_finite_differences():
+  rng = np.random.RandomState(13)
+  hidden = rng.randn(KEYS_PER_STEP, DIM).astype(np.float32)
+  queue = rng.randn(16, DIM).astype(np.float32)
+  x = tf.constant(hidden)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    loss = losses.nt_xent_with_negatives(x, queue, temperature=0.2,
+                                         queue_length=12).loss
+  expected = numpy_gradient(
+      lambda h: numpy_negatives_loss(h, queue, 0.2, queue_length=12), hidden)
+  np.testing.assert_allclose(tape.gradient(loss, x).numpy(), expected,
+                             atol=1e-6)
+
+
+def test_loss_with_buffered_negatives_sends_no_gradient_to_queue():
+  rng = np.random.RandomState(14)
+  hidden = tf.constant(rng.randn(KEYS_PER_STEP, DIM), tf.float32)
+  queue = tf.Variable(rng.randn(16, DIM), dtype=tf.float32)
+  with tf.GradientTape() as tape:
+    tape.watch(hidden)
+    loss = losses.nt_xent_with_negatives(hidden, queue).loss
+  assert tape.gradient(loss, queue) is None
+
+
+def test_loss_with_buffered_negatives_and_empty_queue_is_plain_nt_xent():
+  rng = np.random.RandomState(15)
+  hidden = rng.randn(KEYS_PER_STEP, DIM).astype(np.float32)
+  queue = rng.randn(16, DIM).astype(np.float32)
+  out = losses.nt_xent_with_negatives(hidden, queue, temperature=0.1,
+                                      queue_length=tf.constant(0))
+  plain = losses.contrastive_loss(hidden, temperature=0.1)
+  # Exactly: the excluded rows add exp(-1e9) = 0 to every denominator.
+  np.testing.assert_array_equal(out.loss.numpy(), plain.loss.numpy())
+  np.testing.assert_allclose(out.loss.numpy(),
+                             numpy_negatives_loss(hidden, queue[:0], 0.1),
+                             rtol=1e-6)
+
+
+def test_loss_with_buffered_negatives_leaves_out_unfilled_queue_rows():
+  rng = np.random.RandomState(16)
+  hidden = rng.randn(KEYS_PER_STEP, DIM).astype(np.float32)
+  queue = rng.randn(16, DIM).astype(np.float32)
+  # Unfilled rows equal to the anchors would be the hardest negatives there
+  # are, if they were counted.
+  queue[8:] = hidden
+  out = losses.nt_xent_with_negatives(hidden, queue, temperature=0.2,
+                                      queue_length=tf.constant(8))
+  filled_only = numpy_negatives_loss(hidden, queue[:8], 0.2)
+  assert abs(numpy_negatives_loss(hidden, queue, 0.2) - filled_only) > 0.5
+  np.testing.assert_allclose(out.loss.numpy(), filled_only, rtol=1e-6)
+
+
+def test_loss_with_buffered_negatives_logits_compare_first_and_second_views():
+  rng = np.random.RandomState(17)
+  hidden = rng.randn(KEYS_PER_STEP, DIM).astype(np.float32)
+  queue = rng.randn(16, DIM).astype(np.float32)
+  out = losses.nt_xent_with_negatives(hidden, queue, temperature=0.5)
+  unit = hidden / np.linalg.norm(hidden, axis=1, keepdims=True)
+  expected = unit[:NUM_IMAGES] @ unit[NUM_IMAGES:].T / 0.5
+  np.testing.assert_allclose(out.logits.numpy(), expected, atol=1e-6)
+  np.testing.assert_array_equal(out.labels.numpy(), np.eye(NUM_IMAGES))
+
+
+def buffered_negatives_on_replicas(strategy, hidden, queue, queue_length):
+  """Per-replica (loss, gradient of loss / num_replicas w.r.t. the local
+  rows), each a list over replicas; the queue is the same on every replica,
+  as MemoryQueue's is."""
+
+  @tf.function
+  def loss_and_gradient(h):
+    with tf.GradientTape() as tape:
+      tape.watch(h)
+      loss = losses.nt_xent_with_negatives(
+          h, queue, temperature=0.2, queue_length=queue_length).loss
+      scaled = loss / strategy.num_replicas_in_sync
+    return loss, tape.gradient(scaled, h)
+
+  loss, gradient = strategy.run(loss_and_gradient,
+                                args=(distribute_rows(strategy, hidden),))
+  return local_results(strategy, loss), local_results(strategy, gradient)
+
+
+def test_buffered_negatives_loss_on_two_replicas_equals_formula(
+    two_replica_strategy):
+  rng = np.random.RandomState(18)
+  hidden = rng.randn(KEYS_PER_STEP, DIM).astype(np.float32)
+  queue = rng.randn(16, DIM).astype(np.float32)
+  per_replica, _ = buffered_negatives_on_replicas(two_replica_strategy,
+                                                  hidden, queue, 12)
+  # Each replica's loss is the mean over its anchors (candidates from the
+  # whole batch), so their mean is the single-device loss.
+  np.testing.assert_allclose(
+      np.mean(per_replica),
+      numpy_negatives_loss(hidden, queue, 0.2, queue_length=12), atol=1e-6)
+  assert not np.isclose(per_replica[0], per_replica[1])
+
+
+def test_buffered_negatives_gradients_on_two_replicas_equal_one_device(
+    two_replica_strategy):
+  rng = np.random.RandomState(19)
+  hidden = rng.randn(KEYS_PER_STEP, DIM).astype(np.float32)
+  queue = rng.randn(16, DIM).astype(np.float32)
+  _, per_replica = buffered_negatives_on_replicas(two_replica_strategy,
+                                                  hidden, queue, 12)
+  combined = np.zeros_like(hidden)
+  for r, local in enumerate(per_replica):
+    combined[replica_rows(NUM_IMAGES, 2, r)] = local
+  expected = numpy_gradient(
+      lambda h: numpy_negatives_loss(h, queue, 0.2, queue_length=12), hidden)
+  np.testing.assert_allclose(combined, expected, atol=1e-6)
 
 
 # The momentum encoder.
