@@ -7,6 +7,12 @@ positions of the published Keras layers, e.g.
 `model/resnet_model/block_groups/0/layers/0/conv2d_bn_layers/0/conv2d/kernel`),
 never through Keras' auto-generated variable names, which differ between
 exports of the same architecture.
+
+Our training model_dirs are written in the same layout (`training_checkpoint`
+with layout='published'): the model's variables sit at the published paths
+under the key `model`, so the published run.py restores them; model_dirs
+written before that hold the tf_keras model itself under `model` ('legacy'
+layout, see `checkpoint_layout`).
 """
 
 import os
@@ -32,6 +38,8 @@ _ALIAS_CHILDREN = frozenset([
     '_self_unconditional_dependency_names'
 ])
 _BN_VARIABLES = ('gamma', 'beta', 'moving_mean', 'moving_variance')
+# How the model sits in a training checkpoint (see training_checkpoint).
+CHECKPOINT_LAYOUTS = ('published', 'legacy')
 
 
 class CheckpointError(ValueError):
@@ -197,6 +205,107 @@ def published_paths(model: SimCLRModel) -> List[Tuple[tf.Variable, str]]:
   return pairs
 
 
+def published_model_tree(model: SimCLRModel) -> tf.Module:
+  """A tree of tf.Modules and lists holding every variable of `model` (the
+  same variable objects, not copies) at its published object-graph path
+  (relative to the published Keras Model), e.g. `tree.resnet_model.
+  block_groups[0].layers[0]...`. Checkpointed, the tree's object graph is
+  that of the published model: a tf.Module's attributes become children by
+  attribute name, list items children '0', '1', ... Raises CheckpointError if
+  published_paths does not name every variable of `model` exactly once."""
+  pairs = published_paths(model)
+  variables = {id(v) for v in model.variables}
+  mapped = [id(v) for v, _ in pairs]
+  if len(set(mapped)) != len(mapped) or set(mapped) != variables:
+    raise CheckpointError(
+        f'the published paths cover {len(set(mapped))} of the model\'s '
+        f'{len(variables)} variables ({len(mapped)} paths); '
+        f'simclr.checkpoints.published_paths must name each exactly once')
+  nested = {}
+  for variable, path in pairs:
+    *parents, leaf = path.split('/')
+    node = nested
+    for name in parents:
+      node = node.setdefault(name, {})
+    node[leaf] = variable
+
+  def build(node):
+    if not isinstance(node, dict):
+      return node  # a variable
+    if all(name.isdigit() for name in node):
+      # Published lists hold layers without variables (padding, pooling,
+      # DropBlock) between those with; empty modules keep the positions.
+      items = [tf.Module() for _ in range(max(int(name) for name in node) + 1)]
+      for name, child in node.items():
+        items[int(name)] = build(child)
+      return items
+    tree = tf.Module()
+    for name, child in node.items():
+      setattr(tree, name, build(child))
+    return tree
+
+  return build(nested)
+
+
+def training_checkpoint(model: SimCLRModel, *, layout: str = 'published',
+                        **others) -> tf.train.Checkpoint:
+  """The checkpoint object of a training model_dir: `model` at the key
+  `model`, and each of `others` (optimizer, global_step, momentum_encoder,
+  memory_queue, ...; None values are left out) at its own key.
+
+  layout 'published': the model's variables at the published object-graph
+  paths (`model/resnet_model/block_groups/0/...`, see published_model_tree),
+  where the published run.py restores them. The optimizer's slot variables
+  are recorded against those same variables, hence at the same paths
+  (`model/<path>/.OPTIMIZER_SLOT/optimizer/<slot>`), for optimizers that
+  keep slots per variable (tf_keras' legacy optimizers, LARS).
+  layout 'legacy': the tf_keras model itself (`model/resnet/...`), as our
+  model_dirs were written before; keep it to resume such a model_dir (see
+  checkpoint_layout).
+  """
+  if layout not in CHECKPOINT_LAYOUTS:
+    raise ValueError(f'layout={layout!r}: expected one of '
+                     f'{CHECKPOINT_LAYOUTS}')
+  items = {key: value for key, value in others.items() if value is not None}
+  items['model'] = (published_model_tree(model) if layout == 'published'
+                    else model)
+  return tf.train.Checkpoint(**items)
+
+
+def _layout(paths: Dict[str, str]) -> Optional[str]:
+  """'published' or 'legacy' for the structural paths of a checkpoint with a
+  model at the key `model`, None without one."""
+  if any(path.startswith('model/resnet_model/') for path in paths):
+    return 'published'
+  if any(path.startswith('model/') for path in paths):
+    return 'legacy'
+  return None
+
+
+def _read_object_graph(path: str, prefix: str) -> Dict[str, str]:
+  try:
+    return object_graph_paths(prefix)
+  except (tf.errors.OpError, KeyError, ValueError) as e:
+    raise CheckpointError(f'{path}: unreadable checkpoint ({e})') from None
+
+
+def checkpoint_layout(prefix: str) -> str:
+  """How the model sits in the checkpoint at `prefix` (or in the latest
+  checkpoint of the model_dir `prefix`): 'published' (variables at the
+  published paths, model/resnet_model/...) or 'legacy' (our tf_keras model,
+  model/resnet/...); pass it to training_checkpoint to resume a model_dir in
+  the layout it was started with. Raises CheckpointError if the checkpoint
+  holds nothing at the key `model`."""
+  _, resolved = resolve_checkpoint(prefix)
+  paths = _read_object_graph(prefix, resolved)
+  layout = _layout(paths)
+  if layout is None:
+    raise CheckpointError(
+        f'{prefix}: holds no model at the key "model"; variables seen: '
+        f'{sorted(paths)[:5]}')
+  return layout
+
+
 def _published_model_root(paths: Dict[str, str]) -> Optional[str]:
   """The object-graph prefix of the published Model ('model/' for both the
   SavedModel module and run.py's checkpoint), or None if not published."""
@@ -354,32 +463,37 @@ def load_model(path: str, **config_overrides) -> SimCLRModel:
 
   `path` is a published-format SavedModel or checkpoint (architecture inferred
   from the variables), or one of ours (architecture read from its
-  model_config.json). `config_overrides` set what the files cannot tell (e.g.
-  ft_proj_selector, train_mode, fine_tune_after_block) or change the head
-  only where the variables still fit. Raises CheckpointError when the path is
+  model_config.json; checkpoints in either layout of training_checkpoint).
+  `config_overrides` set what the files cannot tell (e.g. ft_proj_selector,
+  train_mode, fine_tune_after_block) or change the head only where the
+  variables still fit. Raises CheckpointError when the path is
   none of these or the variables do not fit; nothing is left randomly
   initialised.
   """
   kind, prefix = resolve_checkpoint(path)
-  try:
-    paths = object_graph_paths(prefix)
-  except (tf.errors.OpError, KeyError, ValueError) as e:
-    raise CheckpointError(f'{path}: unreadable checkpoint ({e})') from None
+  paths = _read_object_graph(path, prefix)
   root = _published_model_root(paths)
   our_config = _read_our_config(kind, prefix, path)
   if our_config is not None:
     config = ModelConfig.from_json(our_config).replace(**config_overrides)
     model = build_model(config)
-    if kind == 'saved_model':
-      # simclr.export_saved_model keeps the variables at the published paths.
-      if root is None:
-        raise CheckpointError(
-            f'{path}: has our {MODEL_CONFIG_FILE} but no variables under the '
-            f'published model structure (model/resnet_model/...); variables '
-            f'seen: {sorted(paths)[:5]}')
-      _assign_published(model, prefix, root, paths, path)
-    else:
-      restore_strict(tf.train.Checkpoint(model=model), prefix, path)
+    # simclr.export_saved_model and training_checkpoint (layout 'published')
+    # keep the variables at the published paths; older model_dirs hold the
+    # tf_keras model (layout 'legacy').
+    if kind == 'checkpoint':
+      layout = _layout(paths)
+      if layout == 'legacy':
+        restore_strict(tf.train.Checkpoint(model=model), prefix, path)
+        return model
+      if layout == 'published':
+        root = 'model/'
+    if root is None:
+      raise CheckpointError(
+          f'{path}: has our {MODEL_CONFIG_FILE} but no variables under the '
+          f'published model structure (model/resnet_model/...) nor our '
+          f'tf_keras model (model/resnet/...); variables seen: '
+          f'{sorted(paths)[:5]}')
+    _assign_published(model, prefix, root, paths, path)
     return model
   if root is None:
     raise CheckpointError(

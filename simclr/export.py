@@ -22,8 +22,9 @@ variables sit at the published paths, loaders of published models (including
 `simclr.load_model` without the config file) read our exports as well.
 
 Everything here is plain TensorFlow (tf.saved_model, tf.io.gfile); written by
-hand are only the object-graph mirror and the atomic rename/pruning, which no
-library offers for SavedModels.
+hand is only the atomic rename/pruning, which no library offers for
+SavedModels (the object-graph mirror is simclr.checkpoints'
+published_model_tree, shared with the training checkpoints).
 """
 
 import contextlib
@@ -35,7 +36,7 @@ from typing import Dict, List
 import tensorflow as tf
 
 from simclr.checkpoints import MODEL_CONFIG_FILE
-from simclr.checkpoints import published_paths
+from simclr.checkpoints import published_model_tree
 from simclr.models.simclr_model import OUTPUT_KEYS
 from simclr.models.simclr_model import SimCLRModel
 
@@ -47,65 +48,27 @@ _TEMPORARY_PREFIX = '.incomplete-'
 _REPLACED_PREFIX = '.replaced-'
 
 _IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32)
-_AutoTrackable = tf.__internal__.tracking.AutoTrackable
 
 
 class ExportError(ValueError):
   """A model that cannot be exported as asked."""
 
 
-class _Node(_AutoTrackable):
-  """One object of the published object graph (e.g. `resnet_model`)."""
-
-
-def _published_variable_tree(model: SimCLRModel) -> _Node:
-  """A tree of plain trackables holding every variable of `model` at its
-  published object-graph path (relative to the published Keras Model), with
-  numbered path components as lists, as the published Keras layer lists."""
-  pairs = published_paths(model)
-  variables = {id(v) for v in model.variables}
-  mapped = [id(v) for v, _ in pairs]
-  if len(set(mapped)) != len(mapped) or set(mapped) != variables:
-    raise ExportError(
-        f'the published paths cover {len(set(mapped))} of the model\'s '
-        f'{len(variables)} variables ({len(mapped)} paths); '
-        f'simclr.checkpoints.published_paths must name each exactly once')
-  nested = {}
-  for variable, path in pairs:
-    *parents, leaf = path.split('/')
-    node = nested
-    for name in parents:
-      node = node.setdefault(name, {})
-    node[leaf] = variable
-
-  def build(node):
-    if not isinstance(node, dict):
-      return node  # a variable
-    if all(name.isdigit() for name in node):
-      # Published lists hold layers without variables (padding, pooling,
-      # DropBlock) between those with; empty nodes keep the positions.
-      items = [_Node() for _ in range(max(int(name) for name in node) + 1)]
-      for name, child in node.items():
-        items[int(name)] = build(child)
-      return items
-    tree = _Node()
-    for name, child in node.items():
-      setattr(tree, name, build(child))
-    return tree
-
-  return build(nested)
-
-
-class _ExportedModel(_AutoTrackable):
+class _ExportedModel(tf.Module):
   """The root object of an export (see the module docstring)."""
 
+  # tf.Module computes these as read-only properties; the TF-Hub interface
+  # needs them saved with the export, i.e. as plain attributes.
+  variables = ()
+  trainable_variables = ()
+
   def __init__(self, model: SimCLRModel, config_asset: str):
-    super().__init__()
+    super().__init__(name='simclr_export')
     # A plain function, not the Keras model, so that only the variables (via
     # `model` below) and the traced functions are saved.
     self._forward = model.__call__
     self._has_logits = model.supervised_head is not None
-    self.model = _published_variable_tree(model)
+    self.model = published_model_tree(model)
     self.variables = list(model.variables)
     self.trainable_variables = list(model.trainable_variables)
     self.trainable_variables_list = list(model.trainable_variables)
