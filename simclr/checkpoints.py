@@ -19,6 +19,7 @@ import os
 import re
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from absl import logging
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
@@ -525,3 +526,101 @@ def copy_layer(source, target, source_name: str, what: str):
         f'{str(e)[:1500]}') from None
   finally:
     tf.io.gfile.rmtree(os.path.dirname(scratch))
+
+
+# ---------------------------------------------------------------------------
+# Initialising a model from another run's weights (--checkpoint,
+# --teacher_checkpoint).
+
+# Architecture fields a checkpoint must agree on with the flags.
+ENCODER_FIELDS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
+                  'cifar_stem')
+
+
+def recorded_config(path: str) -> Optional[ModelConfig]:
+  """The ModelConfig our model_dirs and exports record next to their
+  weights, or None for published-format files (which do not record it)."""
+  kind, prefix = resolve_checkpoint(path)
+  text = _read_our_config(kind, prefix, path)
+  return None if text is None else ModelConfig.from_json(text)
+
+
+def ft_proj_selector_of(path: str, flag_value: Optional[int],
+                        flag_name: str) -> int:
+  """The ft_proj_selector the model at `path` was fine-tuned with: the value
+  recorded in our files (a `flag_value` that contradicts it is an error
+  naming both), else `flag_value`, else 0 (published files do not record it;
+  the published fine-tuned models' classifiers that read the first head
+  layer need the flag)."""
+  recorded = recorded_config(path)
+  if recorded is not None:
+    if flag_value is not None and flag_value != recorded.ft_proj_selector:
+      raise CheckpointError(
+          f'{flag_name}={flag_value} contradicts ft_proj_selector='
+          f'{recorded.ft_proj_selector} recorded in {path} '
+          f'({MODEL_CONFIG_FILE}); drop the flag or fix it')
+    return recorded.ft_proj_selector
+  return 0 if flag_value is None else flag_value
+
+
+def init_from_checkpoint(model: SimCLRModel, path: str,
+                         with_supervised_head: bool = True,
+                         source_ft_proj_selector: Optional[int] = None,
+                         require_supervised_head: bool = False) -> bool:
+  """Copies the encoder and projection head of the model at `path` (any form
+  load_model reads) into `model`, strictly; and the supervised head when
+  `with_supervised_head`, it exists there with the same shape and the same
+  ft_proj_selector (see ft_proj_selector_of; source_ft_proj_selector is what
+  --checkpoint_ft_proj_selector says), and zero_init_logits_layer is off.
+  Returns whether the supervised head was copied; with
+  require_supervised_head, not copying it is an error (evaluating a head
+  that was never trained would report chance as a result). Raises
+  CheckpointError naming what does not fit."""
+  selector = ft_proj_selector_of(path, source_ft_proj_selector,
+                                 '--checkpoint_ft_proj_selector')
+  source = load_model(path, ft_proj_selector=0)
+  mismatch = [(f, getattr(model.config, f), getattr(source.config, f))
+              for f in ENCODER_FIELDS
+              if getattr(model.config, f) != getattr(source.config, f)]
+  if mismatch:
+    raise CheckpointError(
+        f'{path}: architecture differs from the flags: ' + ', '.join(
+            f'--{f}: checkpoint {s!r} vs flags {m!r}' for f, m, s in mismatch))
+  copy_layer(source.resnet, model.resnet, path, 'encoder')
+  if model.projection_head is not None:
+    have = (0 if source.projection_head is None else
+            len(source.projection_head.head_layers))
+    if have != len(model.projection_head.head_layers):
+      raise CheckpointError(
+          f'{path}: has a projection head of {have} layers, the flags ask for '
+          f'{len(model.projection_head.head_layers)} (--proj_head_mode, '
+          f'--num_proj_layers)')
+    copy_layer(source.projection_head, model.projection_head, path,
+               'projection head')
+  head, source_head = model.supervised_head, source.supervised_head
+  reasons = []
+  if not with_supervised_head:
+    reasons.append('the task trains it afresh')
+  if head is None or source_head is None:
+    reasons.append('no supervised head in ' +
+                   ('the model' if head is None else path))
+  elif source_head.dense.kernel.shape != head.dense.kernel.shape:
+    reasons.append(f'shape {source_head.dense.kernel.shape.as_list()} there, '
+                   f'{head.dense.kernel.shape.as_list()} here')
+  if model.config.zero_init_logits_layer:
+    reasons.append('--zero_init_logits_layer')
+  if selector != model.config.ft_proj_selector:
+    reasons.append(f'it reads projection-head output {selector} there, '
+                   f'{model.config.ft_proj_selector} here (--ft_proj_selector)')
+  if not reasons:
+    copy_layer(source_head, head, path, 'supervised head')
+    logging.info('Supervised head restored from %s', path)
+    return True
+  if require_supervised_head:
+    raise CheckpointError(f'{path}: its supervised head cannot be used: '
+                          f'{"; ".join(reasons)}')
+  if head is not None:
+    logging.info('Supervised head starts from its initialisation (%s): %s',
+                 'zeros' if model.config.zero_init_logits_layer else
+                 'random normal, stddev 0.01', '; '.join(reasons))
+  return False

@@ -3,9 +3,13 @@ the published `tf2/run.py`, so flags map onto them one to one."""
 
 import dataclasses
 import json
-from typing import Optional
+from typing import Any, Dict, Optional
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+# Images up to this side are "CIFAR-size": the ResNet uses the CIFAR stem (3x3
+# conv, stride 1, no max pool) and evaluation only resizes (no centre crop),
+# as in the published code.
+CIFAR_IMAGE_SIZE = 32
 PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
 TRAIN_MODES = ('pretrain', 'finetune', 'distill', 'linear_eval')
 
@@ -18,9 +22,9 @@ class ModelConfig:
     head (an encoder, e.g. a distillation student without labels).
   proj_head_mode: 'none' builds no projection head (proj_head_output is then
     the encoder output, as in the published code).
-  train_mode: 'pretrain' feeds the supervised head a stopped gradient (linear
-    evaluation while pretraining must not shape the encoder); freezing with
-    fine_tune_after_block is refused in that mode, as published.
+  linear_probe: the supervised head reads a stopped gradient, so that it
+    probes the features without shaping the encoder (linear evaluation while
+    pretraining, as published).
   """
   resnet_depth: int = 50
   width_multiplier: float = 1
@@ -36,14 +40,14 @@ class ModelConfig:
   global_bn: bool = True
   zero_init_logits_layer: bool = False
   fine_tune_after_block: int = -1
-  train_mode: str = 'finetune'
+  linear_probe: bool = False
 
   def __post_init__(self):
     self.validate()
 
   @property
   def cifar_stem(self) -> bool:
-    return self.image_size <= 32
+    return self.image_size <= CIFAR_IMAGE_SIZE
 
   @property
   def num_head_layers(self) -> int:
@@ -87,11 +91,6 @@ class ModelConfig:
     if not -1 <= self.fine_tune_after_block <= 4:
       fail('fine_tune_after_block',
            '-1 (train everything) .. 4 (train only the heads)')
-    if self.train_mode not in TRAIN_MODES:
-      fail('train_mode', f'one of {TRAIN_MODES}')
-    if self.train_mode == 'pretrain' and self.fine_tune_after_block != -1:
-      fail('fine_tune_after_block',
-           '-1 during pretraining (freezing is for fine-tuning only)')
     if not 0 <= self.batch_norm_decay < 1:
       fail('batch_norm_decay', 'in [0, 1)')
 
@@ -101,6 +100,9 @@ class ModelConfig:
   @classmethod
   def from_json(cls, text: str) -> 'ModelConfig':
     data = json.loads(text)
+    # Files written before linear_probe existed said train_mode='pretrain'.
+    if 'linear_probe' not in data:
+      data['linear_probe'] = data.get('train_mode') == 'pretrain'
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -110,7 +112,20 @@ class ModelConfig:
 
 LINEAR_EVAL_PROTOCOLS = ('cached', 'augmented')
 PRECISIONS = ('float32', 'bfloat16', 'float16')
-MODES = ('train', 'eval', 'train_then_eval')
+# --mode: what a run does with its train_mode.
+RUN_MODES = ('train', 'eval', 'train_then_eval')
+# --memory_mode: the two readings of SimCLRv2's memory (README, Training).
+MEMORY_MODES = ('negatives', 'moco')
+OPTIMIZERS = ('lars', 'momentum', 'adam')
+LEARNING_RATE_SCALINGS = ('linear', 'sqrt')
+STRATEGIES = ('auto', 'tpu', 'mirrored', 'multi_worker', 'cpu')
+
+
+def _failer(config, class_name):
+  def fail(field, expected):
+    raise ValueError(f'{class_name}.{field}={getattr(config, field)!r}: '
+                     f'expected {expected}')
+  return fail
 
 
 @dataclasses.dataclass
@@ -123,13 +138,19 @@ class TrainConfig:
     (from `checkpoint`; without one, supervised training from scratch),
     'distill' (student from `teacher_checkpoint`),
     'linear_eval' (linear classifier on frozen final_avg_pool features of
-    `checkpoint`).
+    `checkpoint`). Each is a task in simclr/tasks/<train_mode>.py.
   train_steps / train_epochs: train_steps > 0 overrides epochs; epochs give
     num_examples * train_epochs // batch + 1 steps, as published.
   checkpoint_steps / checkpoint_epochs: checkpoint interval (steps overrides).
   steps_per_loop: steps inside one tf.function call between progress lines
     and summaries (0: the checkpoint interval, as published).
-  memory_size / memory_momentum: SimCLRv2's memory of momentum keys (0: off).
+  memory_size / memory_momentum / memory_mode: SimCLRv2's memory of momentum
+    keys (memory_size 0: off); 'negatives' adds the queued keys as negatives
+    to SimCLR's loss, 'moco' also takes positives and in-batch candidates
+    from the momentum encoder.
+  teacher_ft_proj_selector / checkpoint_ft_proj_selector: the
+    ft_proj_selector the teacher / --checkpoint was fine-tuned with (None:
+    read from our files, 0 for published-format ones, which do not record it).
   distill_temperature / distill_alpha: Eq. 2 / Eq. 3 of SimCLRv2.
   linear_eval_protocol: 'cached' (features of centre crops computed once, a
     linear classifier trained on them) or 'augmented' (crop + flip each step,
@@ -143,7 +164,9 @@ class TrainConfig:
   train_mode: str = 'pretrain'
   model_dir: Optional[str] = None
   checkpoint: Optional[str] = None
+  checkpoint_ft_proj_selector: Optional[int] = None
   teacher_checkpoint: Optional[str] = None
+  teacher_ft_proj_selector: Optional[int] = None
   train_epochs: int = 100
   train_steps: int = 0
   eval_steps: int = 0
@@ -157,6 +180,7 @@ class TrainConfig:
   lineareval_while_pretraining: bool = True
   memory_size: int = 0
   memory_momentum: float = 0.999
+  memory_mode: str = 'negatives'
   distill_temperature: float = 1.0
   distill_alpha: float = 1.0
   linear_eval_protocol: str = 'cached'
@@ -169,13 +193,15 @@ class TrainConfig:
   def __post_init__(self):
     self.validate()
 
-  def validate(self):
-    def fail(field, expected):
-      raise ValueError(
-          f'TrainConfig.{field}={getattr(self, field)!r}: expected {expected}')
+  def total_steps(self, num_examples: int, batch_size: int) -> int:
+    """train_steps, or num_examples * train_epochs // batch + 1 (published)."""
+    return self.train_steps or (
+        num_examples * self.train_epochs // batch_size + 1)
 
-    if self.mode not in MODES:
-      fail('mode', f'one of {MODES}')
+  def validate(self):
+    fail = _failer(self, 'TrainConfig')
+    if self.mode not in RUN_MODES:
+      fail('mode', f'one of {RUN_MODES}')
     if self.train_mode not in TRAIN_MODES:
       fail('train_mode', f'one of {TRAIN_MODES}')
     if self.temperature <= 0:
@@ -186,8 +212,10 @@ class TrainConfig:
       fail('distill_alpha', 'in [0, 1]')
     if self.memory_size < 0:
       fail('memory_size', '>= 0 (0 disables the memory)')
-    if not 0 <= self.memory_momentum <= 1:
-      fail('memory_momentum', 'in [0, 1]')
+    if not 0 <= self.memory_momentum < 1:
+      fail('memory_momentum', 'in [0, 1)')
+    if self.memory_mode not in MEMORY_MODES:
+      fail('memory_mode', f'one of {MEMORY_MODES}')
     if self.linear_eval_protocol not in LINEAR_EVAL_PROTOCOLS:
       fail('linear_eval_protocol', f'one of {LINEAR_EVAL_PROTOCOLS}')
     if self.precision not in PRECISIONS:
@@ -202,9 +230,140 @@ class TrainConfig:
       fail('checkpoint_epochs', '>= 1 when checkpoint_steps is 0')
     if self.keep_checkpoint_max < 1:
       fail('keep_checkpoint_max', '>= 1')
+    if self.linear_eval_epochs < 1:
+      fail('linear_eval_epochs', '>= 1')
     if self.train_mode == 'linear_eval' and not self.checkpoint:
       fail('checkpoint', 'the checkpoint or SavedModel whose features '
                          'linear evaluation trains on')
     if self.train_mode == 'distill' and not self.teacher_checkpoint:
       fail('teacher_checkpoint', 'the fine-tuned teacher (a checkpoint or '
                                  'SavedModel) for distillation')
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+  """Field names and defaults are the published flags'.
+
+  learning_rate: per 256 images with 'linear' scaling (lr * batch / 256), or
+    the factor of sqrt(batch) with 'sqrt' scaling; the batch size is
+    DataConfig.train_batch_size, the step count TrainConfig's.
+  eeta: LARS trust coefficient (not a published flag; its fixed value).
+  """
+  optimizer: str = 'lars'
+  learning_rate: float = 0.3
+  learning_rate_scaling: str = 'linear'
+  warmup_epochs: float = 10
+  weight_decay: float = 1e-6
+  momentum: float = 0.9
+  eeta: float = 0.001
+
+  def __post_init__(self):
+    self.validate()
+
+  def validate(self):
+    """Raises ValueError naming the field and what was expected."""
+    fail = _failer(self, 'OptimizerConfig')
+    if self.optimizer not in OPTIMIZERS:
+      fail('optimizer', f'one of {OPTIMIZERS}')
+    if self.learning_rate_scaling not in LEARNING_RATE_SCALINGS:
+      fail('learning_rate_scaling', f'one of {LEARNING_RATE_SCALINGS}')
+    if self.learning_rate < 0:
+      fail('learning_rate', '>= 0')
+    if self.warmup_epochs < 0:
+      fail('warmup_epochs', '>= 0')
+    if self.weight_decay < 0:
+      fail('weight_decay', '>= 0')
+    if not 0 <= self.momentum < 1:
+      fail('momentum', 'in [0, 1)')
+
+
+@dataclasses.dataclass
+class StrategyConfig:
+  """Field names are the published flags, plus `num_logical_cpus` (testing:
+  split the host CPU into N replicas) and `strategy` ('auto' or an explicit
+  'tpu' | 'mirrored' | 'multi_worker' | 'cpu')."""
+  use_tpu: bool = True
+  tpu_name: Optional[str] = None
+  tpu_zone: Optional[str] = None
+  gcp_project: Optional[str] = None
+  master: Optional[str] = None
+  num_logical_cpus: int = 0
+  strategy: str = 'auto'
+
+  def __post_init__(self):
+    fail = _failer(self, 'StrategyConfig')
+    if self.strategy not in STRATEGIES:
+      fail('strategy', f'one of {STRATEGIES}')
+    if self.num_logical_cpus < 0:
+      fail('num_logical_cpus', '>= 0')
+
+
+@dataclasses.dataclass
+class RunConfigs:
+  """Everything a run needs, one setting in one place."""
+  model: ModelConfig
+  data: 'DataConfig'
+  optimizer: OptimizerConfig
+  train: TrainConfig
+  strategy: StrategyConfig = dataclasses.field(default_factory=StrategyConfig)
+
+  @property
+  def all(self):
+    return (self.model, self.data, self.optimizer, self.train, self.strategy)
+
+
+# tf2/run.py flags that only exist so that published command lines run.
+COMPATIBILITY_KEYS = ('train_summary_steps', 'variable_schema')
+
+
+def config_classes():
+  from simclr.data.config import DataConfig  # pylint: disable=g-import-not-at-top
+  return (ModelConfig, DataConfig, OptimizerConfig, TrainConfig,
+          StrategyConfig)
+
+
+# Settings that two configs read, both from the one flag: the model's stem
+# and the pipeline's resize both follow image_size; the pipeline writes label
+# subsets into the run's model_dir.
+SHARED_FIELDS = ('image_size', 'model_dir')
+
+
+def config_field_names() -> Dict[str, type]:
+  """{field name: the config class holding it}; apart from SHARED_FIELDS,
+  each name is defined in one class only (checked here)."""
+  owners = {}
+  for cls in config_classes():
+    for field in dataclasses.fields(cls):
+      if field.name in owners and field.name not in SHARED_FIELDS:
+        raise AssertionError(f'{field.name} is defined in both '
+                             f'{owners[field.name].__name__} and '
+                             f'{cls.__name__}')
+      owners.setdefault(field.name, cls)
+  return owners
+
+
+def configs_from_values(values: Dict[str, Any]) -> RunConfigs:
+  """RunConfigs from {tf2/run.py flag name: value}; absent names take the
+  flags' defaults. Pure (no TensorFlow). Raises ValueError naming an unknown
+  name or a bad value.
+
+      configs_from_values(dict(dataset='digits', image_size=32,
+                               resnet_depth=18, model_dir='/tmp/m'))
+  """
+  values = dict(values)
+  owners = config_field_names()
+  unknown = sorted(set(values) - set(owners) - set(COMPATIBILITY_KEYS))
+  if unknown:
+    raise ValueError(f'unknown settings {unknown}: expected tf2/run.py flag '
+                     f'names')
+  if not values.get('steps_per_loop') and values.get('train_summary_steps'):
+    values['steps_per_loop'] = values['train_summary_steps']
+
+  def pick(cls):
+    names = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+  model, data, optimizer, train, strategy = config_classes()
+  return RunConfigs(model=pick(model), data=pick(data),
+                    optimizer=pick(optimizer), train=pick(train),
+                    strategy=pick(strategy))

@@ -2,27 +2,13 @@
 cluster (TF_CONFIG), or the CPU (optionally split into logical devices so that
 multi-replica code paths run on a CPU-only machine)."""
 
-import dataclasses
 import json
 import os
-from typing import Optional
 
 from absl import logging
 import tensorflow as tf
 
-
-@dataclasses.dataclass
-class StrategyConfig:
-  """Field names are the published flags, plus `num_logical_cpus` (testing:
-  split the host CPU into N replicas) and `strategy` ('auto' or an explicit
-  'tpu' | 'mirrored' | 'multi_worker' | 'cpu')."""
-  use_tpu: bool = True
-  tpu_name: Optional[str] = None
-  tpu_zone: Optional[str] = None
-  gcp_project: Optional[str] = None
-  master: Optional[str] = None
-  num_logical_cpus: int = 0
-  strategy: str = 'auto'
+from simclr.configs import StrategyConfig
 
 
 def split_cpu(num_devices: int):

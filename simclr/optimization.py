@@ -9,7 +9,6 @@ explicit L2 loss (`weight_decay_loss`); with 'momentum' and 'adam' it is an
 explicit L2 loss on every trainable variable except batch norm's.
 """
 
-import dataclasses
 import math
 from typing import Union
 
@@ -18,8 +17,8 @@ import tf_keras
 from official.modeling.optimization import lars
 from official.modeling.optimization import lr_schedule
 
-OPTIMIZERS = ('lars', 'momentum', 'adam')
-LEARNING_RATE_SCALINGS = ('linear', 'sqrt')
+from simclr.configs import OptimizerConfig
+
 # Regular expressions searched in variable names (`v.name`, e.g.
 # 'simclr/resnet/stem/batch_norm_relu/batch_normalization/gamma:0'). Keras
 # names every batch-norm layer, synchronized or not, 'batch_normalization...'
@@ -32,91 +31,35 @@ LARS_EXCLUDED = (BATCH_NORM_PATTERN, BIAS_PATTERN, SUPERVISED_HEAD_PATTERN)
 LearningRate = Union[float, tf_keras.optimizers.schedules.LearningRateSchedule]
 
 
-@dataclasses.dataclass
-class OptimizerConfig:
-  """Field names and defaults are the published flags'.
-
-  learning_rate: per 256 images with 'linear' scaling (lr * batch / 256), or
-    the factor of sqrt(batch) with 'sqrt' scaling.
-  train_steps: overrides train_epochs when > 0.
-  eeta: LARS trust coefficient (not a published flag; its fixed value).
-  """
-  optimizer: str = 'lars'
-  learning_rate: float = 0.3
-  learning_rate_scaling: str = 'linear'
-  warmup_epochs: float = 10
-  weight_decay: float = 1e-6
-  momentum: float = 0.9
-  train_batch_size: int = 512
-  train_epochs: int = 100
-  train_steps: int = 0
-  eeta: float = 0.001
-
-  def __post_init__(self):
-    self.validate()
-
-  def validate(self):
-    """Raises ValueError naming the field and what was expected."""
-    def fail(field, expected):
-      raise ValueError(f'OptimizerConfig.{field}={getattr(self, field)!r}: '
-                       f'expected {expected}')
-
-    if self.optimizer not in OPTIMIZERS:
-      fail('optimizer', f'one of {OPTIMIZERS}')
-    if self.learning_rate_scaling not in LEARNING_RATE_SCALINGS:
-      fail('learning_rate_scaling', f'one of {LEARNING_RATE_SCALINGS}')
-    if self.learning_rate < 0:
-      fail('learning_rate', '>= 0')
-    if self.warmup_epochs < 0:
-      fail('warmup_epochs', '>= 0')
-    if self.weight_decay < 0:
-      fail('weight_decay', '>= 0')
-    if not 0 <= self.momentum < 1:
-      fail('momentum', 'in [0, 1)')
-    if self.train_batch_size < 1:
-      fail('train_batch_size', '>= 1')
-    if self.train_steps < 0:
-      fail('train_steps', '>= 0 (0: use train_epochs)')
-    if self.train_steps == 0 and self.train_epochs < 1:
-      fail('train_epochs', '>= 1 when train_steps is 0')
-
-
-def scaled_learning_rate(config: OptimizerConfig) -> float:
-  """The peak learning rate for the configured batch size."""
+def scaled_learning_rate(config: OptimizerConfig, batch_size: int) -> float:
+  """The peak learning rate for a global batch of `batch_size` images."""
   if config.learning_rate_scaling == 'linear':
-    return config.learning_rate * config.train_batch_size / 256.
-  return config.learning_rate * math.sqrt(config.train_batch_size)
+    return config.learning_rate * batch_size / 256.
+  return config.learning_rate * math.sqrt(batch_size)
 
 
-def train_steps(config: OptimizerConfig, num_examples: int) -> int:
-  """train_steps, or num_examples * train_epochs // batch + 1 (published)."""
-  return config.train_steps or (
-      num_examples * config.train_epochs // config.train_batch_size + 1)
-
-
-def warmup_steps(config: OptimizerConfig, num_examples: int) -> int:
+def warmup_steps(config: OptimizerConfig, num_examples: int,
+                 batch_size: int) -> int:
   """floor(warmup_epochs * num_examples / batch), published."""
-  return int(round(config.warmup_epochs * num_examples //
-                   config.train_batch_size))
+  return int(round(config.warmup_epochs * num_examples // batch_size))
 
 
 def build_learning_rate(
-    config: OptimizerConfig,
-    num_examples: int) -> tf_keras.optimizers.schedules.LearningRateSchedule:
+    config: OptimizerConfig, batch_size: int, num_examples: int,
+    total_steps: int) -> tf_keras.optimizers.schedules.LearningRateSchedule:
   """The published WarmUpAndCosineDecay: lr(step) = peak * step / W for
   step < W (W = warmup_steps), then peak * 0.5 * (1 + cos(pi * (step - W) /
-  (T - W))) with T = train_steps, 0 from step T on; peak =
+  (T - W))) with T = total_steps, 0 from step T on; peak =
   scaled_learning_rate. `step` is the optimiser's iteration count before the
-  update (0 at the first step). num_examples: size of the training split.
+  update (0 at the first step). num_examples: examples per epoch.
   """
-  peak = scaled_learning_rate(config)
-  warmup = warmup_steps(config, num_examples)
-  total = train_steps(config, num_examples)
+  peak = scaled_learning_rate(config, batch_size)
+  warmup = warmup_steps(config, num_examples, batch_size)
   # A warm-up as long as training never reaches the decay; max() only keeps
   # the unused decay well defined.
   cosine = lr_schedule.CosineDecayWithOffset(
       offset=warmup, initial_learning_rate=peak,
-      decay_steps=max(total - warmup, 1))
+      decay_steps=max(total_steps - warmup, 1))
   if not warmup:
     return cosine
   return lr_schedule.LinearWarmup(

@@ -285,8 +285,8 @@ def test_zero_init_logits_layer_gives_zero_logits():
   assert np.abs(model(images(), training=False)['logits_sup']).max() > 0
 
 
-def test_pretraining_stops_the_classifier_gradient_into_the_encoder():
-  model = simclr.build_model(small_config(train_mode='pretrain'))
+def test_a_linear_probe_stops_the_classifier_gradient_into_the_encoder():
+  model = simclr.build_model(small_config(linear_probe=True))
   with tf.GradientTape() as tape:
     out = model(images(), training=True)
     loss = tf.reduce_sum(out['logits_sup'])
@@ -342,11 +342,6 @@ def test_frozen_stages_run_batch_norm_in_inference_mode():
     np.testing.assert_array_equal(a, b)
   # The unfrozen part does use batch statistics in training mode.
   assert np.abs(train_out['block_group3'] - eval_out['block_group3']).max() > 1e-3
-
-
-def test_freezing_during_pretraining_is_refused():
-  with pytest.raises(ValueError, match='fine_tune_after_block'):
-    small_config(train_mode='pretrain', fine_tune_after_block=2)
 
 
 def test_config_errors_name_the_field():

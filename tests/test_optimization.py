@@ -11,13 +11,14 @@ import tf_keras
 
 import simclr
 from simclr import optimization
-from simclr.optimization import OptimizerConfig
+from simclr.configs import OptimizerConfig
+from simclr.configs import TrainConfig
 
 # 5000 examples, batch 512: 5000 * 100 // 512 + 1 = 977 steps; warm-up
 # floor(10 * 5000 / 512) = 97 steps; peak 0.3 * 512 / 256 = 0.6.
 NUM_EXAMPLES = 5000
-SCHEDULE = OptimizerConfig(learning_rate=0.3, train_batch_size=512,
-                           warmup_epochs=10, train_epochs=100)
+BATCH = 512
+SCHEDULE = OptimizerConfig(learning_rate=0.3, warmup_epochs=10)
 TOTAL, WARMUP, PEAK = 977, 97, 0.6
 
 MODEL_CONFIG = simclr.ModelConfig(resnet_depth=18, width_multiplier=0.25,
@@ -25,16 +26,10 @@ MODEL_CONFIG = simclr.ModelConfig(resnet_depth=18, width_multiplier=0.25,
                                   proj_out_dim=8, se_ratio=0.25)
 
 
-@pytest.fixture
-def two_replica_strategy():
-  """conftest's MirroredStrategy over two logical CPUs, with collective keys of
-  its own (every MirroredStrategy of a process starts from the same keys)."""
-  tf.distribute.MirroredStrategy._collective_key_base += 100000  # pylint: disable=protected-access
-  return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
-
-
-def learning_rates(config, steps, num_examples=NUM_EXAMPLES):
-  schedule = optimization.build_learning_rate(config, num_examples)
+def learning_rates(config, steps, num_examples=NUM_EXAMPLES, batch=BATCH,
+                   total=TOTAL):
+  schedule = optimization.build_learning_rate(config, batch, num_examples,
+                                              total)
   return np.array([float(schedule(step)) for step in steps])
 
 
@@ -42,16 +37,17 @@ def learning_rates(config, steps, num_examples=NUM_EXAMPLES):
 
 
 def test_train_steps_are_examples_times_epochs_over_batch_plus_one():
-  assert optimization.train_steps(SCHEDULE, NUM_EXAMPLES) == TOTAL
+  assert TrainConfig(train_epochs=100).total_steps(NUM_EXAMPLES,
+                                                   BATCH) == TOTAL
 
 
 def test_train_steps_flag_overrides_epochs():
-  config = OptimizerConfig(train_steps=123)
-  assert optimization.train_steps(config, NUM_EXAMPLES) == 123
+  config = TrainConfig(train_steps=123)
+  assert config.total_steps(NUM_EXAMPLES, BATCH) == 123
 
 
 def test_warmup_steps_are_rounded_down():
-  assert optimization.warmup_steps(SCHEDULE, NUM_EXAMPLES) == WARMUP
+  assert optimization.warmup_steps(SCHEDULE, NUM_EXAMPLES, BATCH) == WARMUP
 
 
 def test_learning_rate_warms_up_linearly_from_zero():
@@ -77,19 +73,17 @@ def test_learning_rate_is_zero_from_the_last_step_on():
 
 def test_sqrt_scaling_peaks_at_learning_rate_times_sqrt_batch():
   config = OptimizerConfig(learning_rate=0.1, learning_rate_scaling='sqrt',
-                           train_batch_size=4096, warmup_epochs=5,
-                           train_epochs=100)
+                           warmup_epochs=5)
   # 1281167 ImageNet images: warm-up floor(5 * 1281167 / 4096) = 1563.
   np.testing.assert_allclose(
-      learning_rates(config, [1563], num_examples=1281167), [6.4],
-      rtol=1e-6)
+      learning_rates(config, [1563], num_examples=1281167, batch=4096,
+                     total=1281167 * 100 // 4096 + 1), [6.4], rtol=1e-6)
 
 
 def test_without_warmup_learning_rate_starts_at_peak():
-  config = OptimizerConfig(learning_rate=0.1, warmup_epochs=0,
-                           train_batch_size=256, train_steps=100)
+  config = OptimizerConfig(learning_rate=0.1, warmup_epochs=0)
   np.testing.assert_allclose(
-      learning_rates(config, [0, 50]),
+      learning_rates(config, [0, 50], batch=256, total=100),
       [0.1, 0.1 * 0.5 * (1 + math.cos(math.pi * 50 / 100))], rtol=1e-6)
 
 

@@ -7,8 +7,8 @@ Writes bench/results.md.
 
 Each model setting runs in its own process (so peak memory and the XLA /
 mixed-precision state are its own) through the project's real train step
-(simclr.tasks.trainer.SimCLRTrainer: forward of both views, NT-Xent, linear
-head, weight decay, LARS update), on in-memory random images so that the
+(simclr.tasks.trainer.Trainer with the pretrain task: forward of both views,
+NT-Xent, linear head, weight decay, LARS update), on in-memory random images so that the
 input pipeline, measured separately, does not limit it. Images/s count both
 views, as the published figures in ../shared/SPEC.md section 5 do.
 """
@@ -74,33 +74,34 @@ def run_one(config_name, precision, xla):
   """Times the real pretraining step for one setting; returns a dict."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from simclr import optimization  # pylint: disable=g-import-not-at-top
-  from simclr.configs import ModelConfig, TrainConfig  # pylint: disable=g-import-not-at-top
+  from simclr.configs import configs_from_values  # pylint: disable=g-import-not-at-top
   from simclr.models.simclr_model import build_model  # pylint: disable=g-import-not-at-top
   from simclr.tasks import runner  # pylint: disable=g-import-not-at-top
-  from simclr.tasks.trainer import SimCLRTrainer, TrainingState  # pylint: disable=g-import-not-at-top
+  from simclr.tasks.base import TrainingState  # pylint: disable=g-import-not-at-top
+  from simclr.tasks.pretrain import PretrainTask  # pylint: disable=g-import-not-at-top
+  from simclr.tasks.trainer import Trainer  # pylint: disable=g-import-not-at-top
 
   setting = SETTINGS[config_name]
   size, batch = setting['image_size'], setting['batch']
   runner.set_precision(precision)
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
-  model_config = ModelConfig(resnet_depth=setting['depth'], image_size=size,
-                             num_classes=10, train_mode='pretrain')
-  opt_config = optimization.OptimizerConfig(train_batch_size=batch,
-                                            train_steps=1000)
-  train_config = TrainConfig(train_mode='pretrain', jit_compile=xla,
-                             train_steps=1000)
+  configs = configs_from_values(dict(
+      train_mode='pretrain', resnet_depth=setting['depth'], image_size=size,
+      train_batch_size=batch, train_steps=1000, jit_compile=xla))
+  task = PretrainTask(configs, num_classes=10)
   with strategy.scope():
-    model = build_model(model_config)
-    lr = optimization.build_learning_rate(opt_config, 1000 * batch)
-    optimizer = optimization.build_optimizer(opt_config, lr)
+    model = build_model(task.model_config())
+    lr = optimization.build_learning_rate(configs.optimizer, batch,
+                                          1000 * batch, 1000)
+    optimizer = optimization.build_optimizer(configs.optimizer, lr)
     state = TrainingState(model=model, optimizer=optimizer)
   images = tf.random.stateless_uniform([2 * batch, size, size, 3], [1, 2])
   labels = tf.random.stateless_uniform([2 * batch], [3, 4], maxval=10,
                                        dtype=tf.int32)
   dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
   dataset = strategy.experimental_distribute_dataset(dataset)
-  trainer = SimCLRTrainer(state, train_config, opt_config, dataset, strategy,
-                          learning_rate=lr, summary_images=0)
+  trainer = Trainer(task, state, configs.optimizer, dataset, strategy,
+                    learning_rate=lr, jit_compile=xla, summary_images=0)
   start = time.time()
   trainer.train(tf.constant(1, tf.int32))  # trace + compile + first step
   compile_seconds = time.time() - start

@@ -92,7 +92,7 @@ def model_pairs_per_second(size, batch_size, steps):
   depth = 18 if size <= 32 else 50
   model = simclr.build_model(simclr.ModelConfig(
       resnet_depth=depth, image_size=size, num_classes=None,
-      train_mode='pretrain'))
+      linear_probe=True))
   images = tf.random.uniform([2 * batch_size, size, size, 3])
 
   @tf.function

@@ -136,13 +136,10 @@ def stages():
 def run_stage(flag_values):
   """Runs one tf2/run.py configuration (flag name -> value) in this process;
   returns (result dict, the trained model's encoder parameter count)."""
-  from simclr.tasks import runner  # pylint: disable=g-import-not-at-top
-  configs = runner.configs_from_values(flag_values)
-  run = runner.Run(configs, flags_dict=dict(flag_values))
-  result = run.run()
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from simclr import checkpoints  # pylint: disable=g-import-not-at-top
-  model = checkpoints.load_model(flag_values['model_dir'])
+  import simclr  # pylint: disable=g-import-not-at-top
+  result = simclr.train(**flag_values)
+  model = simclr.load_model(flag_values['model_dir'])
   # The ResNet's weights up to the average pool (frozen ones too), as in
   # Table 1, without BN moving statistics.
   params = int(sum(np.prod(v.shape) for v in model.resnet.variables

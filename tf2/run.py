@@ -2,9 +2,8 @@ r"""SimCLR / SimCLRv2 training, evaluation, fine-tuning and distillation.
 
 Every flag of the published google-research/simclr tf2/run.py keeps its name,
 default and meaning, so existing command lines run unchanged; the flags after
-them are this project's additions. This file only parses flags into config
-objects (simclr.configs, simclr.data, simclr.optimization, simclr.distribute)
-and hands them to simclr.tasks.runner.
+them are this project's additions. This file only parses flags and hands
+their values to simclr.train (simclr/tasks/runner.py).
 
   python tf2/run.py --train_mode=pretrain --dataset=cifar10 --image_size=32 \
     --train_batch_size=512 --learning_rate=1.0 --temperature=0.5 \
@@ -17,7 +16,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 FLAGS = flags.FLAGS
 
@@ -135,9 +133,26 @@ flags.DEFINE_integer('memory_size', 0,
 flags.DEFINE_float('memory_momentum', 0.999,
                    'EMA decay of the momentum encoder that produces the '
                    'memory keys.')
+flags.DEFINE_enum('memory_mode', 'negatives', ['negatives', 'moco'],
+                  'How the memory keys enter the loss: "negatives" adds '
+                  'them as extra negatives to SimCLR\'s loss on the online '
+                  'network (SimCLRv2\'s text); "moco" also takes the '
+                  'positives and in-batch candidates from the momentum '
+                  'encoder.')
 flags.DEFINE_string('teacher_checkpoint', None,
                     'distill: the fine-tuned teacher (any form --checkpoint '
                     'takes); kept fixed, in inference mode.')
+flags.DEFINE_integer('teacher_ft_proj_selector', None,
+                     'distill: the --ft_proj_selector the teacher was '
+                     'fine-tuned with. Read from our own model_dirs and '
+                     'exports (a contradicting value is an error); '
+                     'published-format teachers do not record it: default '
+                     '0.')
+flags.DEFINE_integer('checkpoint_ft_proj_selector', None,
+                     'The --ft_proj_selector the model of --checkpoint was '
+                     'fine-tuned with, so that its classifier is reused only '
+                     'on the same features. Read from our own files; '
+                     'published-format ones: default 0.')
 flags.DEFINE_float('distill_temperature', 1.0,
                    'distill: temperature of teacher and student softmax '
                    '(the paper uses 0.1 for fine-tuned teachers).')
@@ -190,6 +205,27 @@ flags.DEFINE_string('variable_schema', None,
 flags.DEFINE_integer('seed', None,
                      'Seed for data order and augmentation (default: '
                      'nondeterministic).')
+flags.DEFINE_float('crop_min_area', 0.08,
+                   'Random crops (every mode that augments) keep a fraction '
+                   'of the image area in [crop_min_area, 1]; in (0, 1]. '
+                   '0.08 as published (tuned for ImageNet photos).')
+flags.DEFINE_float('crop_max_aspect_ratio', 4 / 3,
+                   'Random crops have width / height in [1/r, r] for this '
+                   'r >= 1 (4/3 as published).')
+flags.DEFINE_bool('use_flip', True,
+                  'Random horizontal flips (p=0.5) in every mode that '
+                  'augments; turn off for images whose mirror image means '
+                  'something else (digits, text).')
+flags.DEFINE_float('color_jitter_probability', 0.8,
+                   'Pretraining: probability of the colour jitter per view, '
+                   'in [0, 1] (0.8 as published; --color_jitter_strength=0 '
+                   'turns colour distortion off altogether).')
+flags.DEFINE_float('grayscale_probability', 0.2,
+                   'Pretraining: probability of greyscale per view, in '
+                   '[0, 1] (0.2 as published).')
+flags.DEFINE_float('blur_probability', 0.5,
+                   'Pretraining with --use_blur: probability of the Gaussian '
+                   'blur per view, in [0, 1] (0.5 as published).')
 
 
 def run_flag_values():
@@ -198,28 +234,10 @@ def run_flag_values():
           for flag in FLAGS.get_key_flags_for_module(sys.modules[__name__])}
 
 
-def build_configs():
-  """Flags -> RunConfigs. Raises ValueError naming the flag on bad values."""
-  from simclr.tasks import runner  # pylint: disable=g-import-not-at-top
-  return runner.configs_from_values(run_flag_values())
-
-
-def _check_paths():
-  """Fails fast on checkpoints that do not exist."""
-  from simclr import checkpoints  # pylint: disable=g-import-not-at-top
-  for flag in ('checkpoint', 'teacher_checkpoint'):
-    path = getattr(FLAGS, flag)
-    if path:
-      try:
-        checkpoints.resolve_checkpoint(path)
-      except checkpoints.CheckpointError as e:
-        raise ValueError(f'--{flag}: {e}') from None
-
-
 def _flag_error_name(message: str) -> str:
   """'ModelConfig.resnet_depth=42: ...' -> '--resnet_depth=42: ...'."""
   for prefix in ('ModelConfig.', 'DataConfig.', 'OptimizerConfig.',
-                 'TrainConfig.'):
+                 'TrainConfig.', 'StrategyConfig.'):
     message = message.replace(prefix, '--')
   return message
 
@@ -227,22 +245,15 @@ def _flag_error_name(message: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
-  from simclr import checkpoints  # pylint: disable=g-import-not-at-top
-  from simclr.tasks import runner
-  bad_input = (ValueError, checkpoints.CheckpointError, runner.RunError)
+  if FLAGS.num_logical_cpus > 1:
+    # Before anything initialises TensorFlow's devices.
+    from simclr import distribute  # pylint: disable=g-import-not-at-top
+    distribute.split_cpu(FLAGS.num_logical_cpus)
+  import simclr  # pylint: disable=g-import-not-at-top
+  from simclr.tasks import runner  # pylint: disable=g-import-not-at-top
   try:
-    if FLAGS.num_logical_cpus > 1:
-      # Before anything initialises TensorFlow's devices.
-      from simclr import distribute  # pylint: disable=g-import-not-at-top
-      distribute.split_cpu(FLAGS.num_logical_cpus)
-    configs = build_configs()
-    _check_paths()
-    run = runner.Run(configs, flags_dict=FLAGS.flag_values_dict())
-  except bad_input as e:
-    _fail(e)
-  try:
-    run.run()
-  except (checkpoints.CheckpointError, runner.RunError) as e:
+    simclr.train(**run_flag_values())
+  except (runner.RunError, simclr.checkpoints.CheckpointError) as e:
     _fail(e)
   except runner.NonFiniteLossError as e:
     _fail(e, exit_code=3)

@@ -51,7 +51,7 @@ class SimCLRModel(tf_keras.Model):
     outputs['proj_head_input'] = hidden
     outputs['proj_head_output'] = hiddens[-1]
     supervised_input = hiddens[self.config.ft_proj_selector]
-    if self.config.train_mode == 'pretrain':
+    if self.config.linear_probe:
       # Linear evaluation while pretraining must not shape the encoder.
       supervised_input = tf.stop_gradient(supervised_input)
     outputs['supervised_head_input'] = supervised_input

@@ -1,23 +1,94 @@
-"""Linear evaluation, 'cached' protocol: the frozen encoder's final_avg_pool
-features of centre crops are computed once for the train and eval splits, and
-a linear classifier (the model's supervised head) is trained on them with
-Adam and a cosine-decayed learning rate. Much faster than the published
-protocol (crop + flip augmentation through the frozen encoder every step,
---linear_eval_protocol=augmented, run by the regular trainer)."""
+"""--train_mode=linear_eval: a linear classifier on the frozen encoder's
+final_avg_pool features of --checkpoint (fine_tune_after_block=4,
+ft_proj_selector=0).
+
+Two protocols (--linear_eval_protocol):
+- 'cached' (default): the features of centre crops of the train split are
+  computed once, in inference mode, and the classifier (the model's
+  supervised head) is trained on them with Adam and a cosine-decayed learning
+  rate for --linear_eval_epochs. Much faster; no label subsets.
+- 'augmented' (published): crop + flip views through the frozen encoder at
+  every step of the regular training loop, with the run's optimiser.
+"""
 
 import math
+from typing import List, Optional
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from simclr import data as data_lib
+from simclr import checkpoints
+from simclr import losses
+from simclr.configs import ModelConfig
+from simclr.data import Inputs
+from simclr.tasks.base import RunError
+from simclr.tasks.base import StepTerms
+from simclr.tasks.base import Task
+from simclr.tasks.base import TrainingState
+from simclr.tasks.base import supervised_terms
 
-LEARNING_RATE = 1e-3
+# Adam's learning rate of the cached protocol (cosine-decayed to 0).
+CACHED_LEARNING_RATE = 1e-3
 
 
-def extract_features(model, inputs: data_lib.Inputs):
+class LinearEvalTask(Task):
+  name = 'linear_eval'
+  pipeline = 'linear_eval'
+
+  @property
+  def cached(self) -> bool:
+    return self.configs.train.linear_eval_protocol == 'cached'
+
+  def check(self):
+    data = self.configs.data
+    if not self.num_classes:
+      raise RunError(f'--train_mode={self.name} needs labels, but --dataset='
+                     f'{data.dataset} has none')
+    if self.cached and self.configs.train.mode != 'eval' and (
+        data.train_label_fraction < 1 or data.label_subset_file):
+      raise RunError(
+          '--linear_eval_protocol=cached reads the whole train split; use '
+          '--linear_eval_protocol=augmented with --train_label_fraction / '
+          '--label_subset_file')
+
+  def model_config(self) -> ModelConfig:
+    return self.configs.model.replace(
+        num_classes=self.num_classes, fine_tune_after_block=4,
+        ft_proj_selector=0, linear_probe=False)
+
+  def initialize(self, model, path):
+    # The classifier always starts afresh: it is what linear evaluation fits.
+    checkpoints.init_from_checkpoint(model, path, with_supervised_head=False)
+
+  def metric_names(self) -> List[str]:
+    return ['supervised_loss', 'supervised_acc']
+
+  def loss_terms(self, state, images, labels, outputs) -> StepTerms:
+    return supervised_terms(labels, outputs)
+
+  def fit(self, state: TrainingState) -> Optional[int]:
+    if not self.cached:
+      return None
+    if int(state.global_step.numpy()) > 0:
+      return int(state.global_step.numpy())  # Restored a finished fit.
+    data = self.configs.data
+    train_inputs = Inputs(data.replace(eval_split=data.train_split,
+                                       model_dir=None),
+                          source=self.inputs.source)
+    features, labels = extract_features(state.model, train_inputs)
+    logging.info('linear eval: %d cached training features of width %d',
+                 len(features), features.shape[1])
+    steps = train_linear_head(
+        state.model.supervised_head, features, labels,
+        self.configs.train.linear_eval_epochs, data.train_batch_size,
+        self.configs.optimizer.weight_decay)
+    state.global_step.assign(steps)
+    return steps
+
+
+def extract_features(model, inputs: Inputs):
   """(features float32 [N, D], labels int32 [N]) of inputs' eval split, each
   example exactly once, inference mode."""
   features, labels = [], []
@@ -34,17 +105,16 @@ def extract_features(model, inputs: data_lib.Inputs):
 
 
 def train_linear_head(head, features, labels, epochs: int, batch_size: int,
-                      weight_decay: float, seed: int = 0):
+                      weight_decay: float, seed: int = 0) -> int:
   """Fits `head` (a SupervisedHead) to (features, labels) by minimising
-  softmax cross-entropy + weight_decay * ||kernel||^2 / 2. Returns the number
-  of optimiser steps."""
+  softmax cross-entropy (simclr.losses) + weight_decay * ||kernel||^2 / 2
+  with Adam. Returns the number of optimiser steps."""
   n = len(features)
   batch_size = min(batch_size, n)
-  steps_per_epoch = math.ceil(n / batch_size)
-  total = max(1, epochs * steps_per_epoch)
-  schedule = tf_keras.optimizers.schedules.CosineDecay(LEARNING_RATE, total)
+  total = max(1, epochs * math.ceil(n / batch_size))
+  schedule = tf_keras.optimizers.schedules.CosineDecay(CACHED_LEARNING_RATE,
+                                                       total)
   optimizer = tf_keras.optimizers.Adam(schedule)
-  num_classes = head.dense.units
   dataset = (tf.data.Dataset.from_tensor_slices((features, labels))
              .shuffle(n, seed=seed, reshuffle_each_iteration=True)
              .batch(batch_size).repeat(epochs))
@@ -52,52 +122,15 @@ def train_linear_head(head, features, labels, epochs: int, batch_size: int,
   @tf.function
   def step(x, y):
     with tf.GradientTape() as tape:
-      logits = head(x, training=True)
-      loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
-          tf.one_hot(y, num_classes), logits))
+      loss = losses.supervised_with_labels(y, head(x, training=True)).loss
       loss += weight_decay * tf.nn.l2_loss(head.dense.kernel)
     variables = head.trainable_variables
     optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
     return loss
 
-  loss = None
   for i, (x, y) in enumerate(dataset):
     loss = step(x, y)
     if (i + 1) % max(1, total // 5) == 0:
       logging.info('linear eval: step %d/%d, loss %.4f', i + 1, total,
                    float(loss))
   return total
-
-
-def run_cached(run):
-  """Runs --train_mode=linear_eval with the cached protocol for a
-  simclr.tasks.runner.Run; returns the eval result when mode asks for it."""
-  from simclr.tasks import runner as runner_lib  # pylint: disable=g-import-not-at-top
-  configs, train = run.configs, run.configs.train
-  data = configs.data
-  if data.train_label_fraction < 1 or data.label_subset_file:
-    raise runner_lib.RunError(
-        '--linear_eval_protocol=cached reads the whole train split; use '
-        '--linear_eval_protocol=augmented with --train_label_fraction / '
-        '--label_subset_file')
-  state = run.build_state()
-  model = state.model
-  runner_lib.init_from_checkpoint(model, train.checkpoint,
-                                  with_supervised_head=False)
-  train_inputs = data_lib.Inputs(data.replace(eval_split=data.train_split,
-                                              model_dir=None))
-  features, labels = extract_features(model, train_inputs)
-  logging.info('linear eval: %d cached training features of width %d',
-               len(features), features.shape[1])
-  steps = train_linear_head(model.supervised_head, features, labels,
-                            train.linear_eval_epochs, data.train_batch_size,
-                            configs.optimizer.weight_decay)
-  state.global_step.assign(steps)
-  manager = run._checkpoint_manager(state, 1)  # pylint: disable=protected-access
-  run._write_model_config(model)  # pylint: disable=protected-access
-  manager.save(checkpoint_number=steps)
-  result = None
-  if train.mode == 'train_then_eval':
-    result = run.evaluate(model, steps)
-  runner_lib.export(model, run.model_dir, steps, train.keep_hub_module_max)
-  return result

@@ -1,0 +1,214 @@
+"""One training step of each task (simclr/tasks/<train_mode>.py) through the
+real Trainer, checked against numpy: the supervised head's update (plain SGD,
+so w' = w - lr * dL/dw) and the reported loss terms, computed from the
+model's own features of the same forward pass."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import simclr
+from simclr import optimization
+from simclr.configs import configs_from_values
+from simclr.tasks import TASKS
+from simclr.tasks.base import RunError
+from simclr.tasks.base import TrainingState
+from simclr.tasks.trainer import Trainer
+
+NUM_CLASSES = 3
+BATCH = 4  # images
+LEARNING_RATE = 0.5
+TINY = dict(resnet_depth=18, width_multiplier=0.125, image_size=8,
+            proj_out_dim=4, num_proj_layers=2, global_bn=False,
+            optimizer='momentum', momentum=0.0, learning_rate=LEARNING_RATE,
+            learning_rate_scaling='sqrt', warmup_epochs=0, weight_decay=0.0,
+            train_batch_size=BATCH, train_steps=1000, use_tpu=False)
+
+
+def softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def make_task(**values):
+  configs = configs_from_values(dict(TINY, **values))
+  return TASKS[configs.train.train_mode](configs, NUM_CLASSES)
+
+
+def one_step(task, images, labels):
+  """Runs one Trainer step of `task` on (images, labels) with plain SGD at
+  the schedule's first learning rate; returns (state, loop outputs, the
+  forward outputs of the model before the step, the supervised head's
+  (kernel, bias) before the step)."""
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  configs = task.configs
+  task.prepare(strategy)
+  with strategy.scope():
+    model = simclr.build_model(task.model_config())
+    # Cosine decay at step 0 is the peak: sqrt scaling gives lr * sqrt(B).
+    lr = optimization.build_learning_rate(configs.optimizer, BATCH, 100, 1000)
+    state = TrainingState(model, optimization.build_optimizer(
+        configs.optimizer, lr))
+    state.extras = task.extra_state(state)
+  before = model(images, training=True)
+  before = {k: v.numpy() for k, v in before.items()}
+  dataset = strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensors((images, labels)).repeat())
+  trainer = Trainer(task, state, configs.optimizer, dataset, strategy,
+                    learning_rate=lr, summary_images=0)
+  kernel = model.supervised_head.dense.kernel.numpy()
+  bias = model.supervised_head.dense.bias.numpy()
+  outputs = trainer.train(tf.constant(1, tf.int32))
+  outputs = {k.split('/')[-1]: float(v) for k, v in outputs.items()}
+  return state, outputs, before, (kernel, bias)
+
+
+def step_size():
+  return LEARNING_RATE * np.sqrt(BATCH)
+
+
+def expected_head(before_params, features, logit_gradient):
+  kernel, bias = before_params
+  return (kernel - step_size() * features.T @ logit_gradient,
+          bias - step_size() * logit_gradient.sum(0))
+
+
+def images_and_labels(num_images, seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.uniform(size=(num_images, 8, 8, 3)).astype(np.float32)
+  labels = rng.integers(0, NUM_CLASSES, num_images).astype(np.int32)
+  return tf.constant(images), tf.constant(labels)
+
+
+def test_finetune_step_follows_the_cross_entropy_of_the_labeled_rows():
+  task = make_task(train_mode='finetune', ft_proj_selector=1)
+  images, labels = images_and_labels(BATCH)
+  labels = tf.constant([2, -1, 0, 1], tf.int32)  # One unlabeled row.
+  state, outputs, before, params = one_step(task, images, labels)
+  features, logits = before['supervised_head_input'], before['logits_sup']
+  y = labels.numpy()
+  labeled = y >= 0
+  onehot = np.eye(NUM_CLASSES)[np.where(labeled, y, 0)] * labeled[:, None]
+  loss = -(onehot * log_softmax(logits)).sum(-1)[labeled].mean()
+  gradient = (softmax(logits) - onehot) * labeled[:, None] / labeled.sum()
+  kernel, bias = expected_head(params, features, gradient)
+  np.testing.assert_allclose(outputs['supervised_loss'], loss, rtol=1e-5)
+  np.testing.assert_allclose(
+      outputs['supervised_acc'],
+      (logits.argmax(-1) == y)[labeled].mean(), atol=1e-7)
+  head = state.model.supervised_head.dense
+  np.testing.assert_allclose(head.kernel.numpy(), kernel, atol=2e-6)
+  np.testing.assert_allclose(head.bias.numpy(), bias, atol=2e-6)
+
+
+def test_pretrain_step_reports_nt_xent_and_trains_the_probe_on_stopped_features():
+  task = make_task(train_mode='pretrain', temperature=0.5)
+  images, labels = images_and_labels(2 * BATCH)
+  labels = tf.concat([labels[:BATCH], labels[:BATCH]], 0)  # Views share it.
+  state, outputs, before, params = one_step(task, images, labels)
+  z = before['proj_head_output']
+  z = z / np.linalg.norm(z, axis=1, keepdims=True)
+  similarity = z @ z.T / 0.5
+  np.fill_diagonal(similarity, -np.inf)
+  positive = np.concatenate([np.arange(BATCH, 2 * BATCH), np.arange(BATCH)])
+  per_view = -log_softmax(similarity)[np.arange(2 * BATCH), positive]
+  # The published scale: both views' losses added, mean over the pairs.
+  np.testing.assert_allclose(outputs['contrast_loss'], 2 * per_view.mean(),
+                             rtol=1e-5)
+  features, logits = before['proj_head_input'], before['logits_sup']
+  onehot = np.eye(NUM_CLASSES)[labels.numpy()]
+  gradient = (softmax(logits) - onehot) / (2 * BATCH)
+  kernel, bias = expected_head(params, features, gradient)
+  head = state.model.supervised_head.dense
+  np.testing.assert_allclose(head.kernel.numpy(), kernel, atol=2e-6)
+  np.testing.assert_allclose(head.bias.numpy(), bias, atol=2e-6)
+
+
+def test_linear_eval_step_trains_only_the_head_on_frozen_features():
+  task = make_task(train_mode='linear_eval', linear_eval_protocol='augmented',
+                   checkpoint='unused-by-this-test')
+  images, labels = images_and_labels(BATCH)
+  state, outputs, before, params = one_step(task, images, labels)
+  model = state.model
+  onehot = np.eye(NUM_CLASSES)[labels.numpy()]
+  # Frozen blocks run batch norm in inference mode: the features of the
+  # step are the inference-mode ones, now and after the step.
+  frozen = model(images, training=False)
+  logits = before['logits_sup']
+  gradient = (softmax(logits) - onehot) / BATCH
+  kernel, bias = expected_head(params, frozen['final_avg_pool'].numpy(),
+                               gradient)
+  head = state.model.supervised_head.dense
+  np.testing.assert_allclose(head.kernel.numpy(), kernel, atol=2e-6)
+  # The encoder did not move: its features are still those of the step.
+  np.testing.assert_array_equal(frozen['final_avg_pool'].numpy(),
+                                before['final_avg_pool'])
+  np.testing.assert_allclose(
+      outputs['supervised_loss'],
+      -(onehot * log_softmax(logits)).sum(-1).mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize('alpha', [1.0, 0.25])
+def test_distill_step_follows_equation_3_with_unlabeled_rows(alpha,
+                                                             tmp_path):
+  teacher = simclr.build_model(simclr.ModelConfig(
+      **{k: TINY[k] for k in ('resnet_depth', 'width_multiplier',
+                              'image_size', 'proj_out_dim', 'num_proj_layers',
+                              'global_bn')},
+      num_classes=NUM_CLASSES, ft_proj_selector=1))
+  teacher_dir = str(tmp_path / 'teacher')
+  simclr.export_saved_model(teacher, teacher_dir)
+  task = make_task(train_mode='distill', teacher_checkpoint=teacher_dir,
+                   distill_alpha=alpha, distill_temperature=0.5,
+                   ft_proj_selector=0)
+  images, _ = images_and_labels(BATCH)
+  labels = tf.constant([1, -1, -1, 2], tf.int32)
+  state, outputs, before, params = one_step(task, images, labels)
+  teacher_logits = teacher(images, training=False)['logits_sup'].numpy()
+  student_logits = before['logits_sup']
+  tau = 0.5
+  target = softmax(teacher_logits / tau)
+  distill = -(target * log_softmax(student_logits / tau)).sum(-1)
+  y = labels.numpy()
+  labeled = y >= 0
+  onehot = np.eye(NUM_CLASSES)[np.where(labeled, y, 0)] * labeled[:, None]
+  cross_entropy = -(onehot * log_softmax(student_logits)).sum(-1)
+  np.testing.assert_allclose(outputs['distill_loss'], alpha * distill.mean(),
+                             rtol=1e-5)
+  if alpha < 1:
+    np.testing.assert_allclose(outputs['supervised_loss'],
+                               (1 - alpha) * cross_entropy.sum() / BATCH,
+                               rtol=1e-5)
+  else:
+    assert 'supervised_loss' not in outputs
+  gradient = (alpha * (softmax(student_logits / tau) - target) / tau +
+              (1 - alpha) * (softmax(student_logits) - onehot) *
+              labeled[:, None]) / BATCH
+  kernel, bias = expected_head(params, before['supervised_head_input'],
+                               gradient)
+  head = state.model.supervised_head.dense
+  np.testing.assert_allclose(head.kernel.numpy(), kernel, atol=2e-6)
+  np.testing.assert_allclose(head.bias.numpy(), bias, atol=2e-6)
+
+
+def test_pretraining_refuses_frozen_blocks():
+  task = make_task(train_mode='pretrain', fine_tune_after_block=2)
+  with pytest.raises(RunError, match='fine_tune_after_block'):
+    task.check()
+
+
+def test_finetune_needs_labels():
+  configs = configs_from_values(dict(TINY, train_mode='finetune'))
+  with pytest.raises(RunError, match='needs labels'):
+    TASKS['finetune'](configs, num_classes=0).check()
+
+
+def test_every_train_mode_has_a_task_named_after_it():
+  from simclr.configs import TRAIN_MODES  # pylint: disable=g-import-not-at-top
+  assert sorted(TASKS) == sorted(TRAIN_MODES)
+  assert all(TASKS[mode].name == mode for mode in TRAIN_MODES)
