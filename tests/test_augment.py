@@ -70,6 +70,62 @@ def test_crop_aspect_ratio_lies_in_published_range(crop_boxes):
   assert aspect.min() < 0.8 and aspect.max() > 1.25
 
 
+def test_crop_area_respects_crop_min_area():
+  params = augment.AugmentParams(crop_min_area=0.5)
+  sample = tf.function(lambda s: augment.sample_crop_box([240, 240, 3], s,
+                                                         params))
+  sizes = np.array([sample(seed(i, 14))[1].numpy() for i in range(1000)])
+  area = sizes[:, 0] * sizes[:, 1] / 240**2
+  assert area.min() >= 0.5 and area.max() <= 1.0
+  # The range is used down to its new lower end.
+  assert area.min() < 0.55 and area.max() > 0.95
+
+
+def test_crop_aspect_ratio_respects_crop_max_aspect_ratio():
+  params = augment.AugmentParams(crop_max_aspect_ratio=2.0)
+  sample = tf.function(lambda s: augment.sample_crop_box([240, 240, 3], s,
+                                                         params))
+  sizes = np.array([sample(seed(i, 15))[1].numpy() for i in range(1000)])
+  height, width = sizes[:, 0], sizes[:, 1]
+  aspect = width / height
+  assert np.all(aspect >= 1 / 2 - 0.5 / height)
+  assert np.all(aspect <= 2 + 0.5 / height)
+  # Beyond the published [3/4, 4/3] on both sides.
+  assert aspect.min() < 0.6 and aspect.max() > 1.7
+
+
+def test_whole_area_square_crop_without_flip_is_the_whole_image():
+  image = np.random.default_rng(16).integers(0, 256, (24, 24, 3), np.uint8)
+  params = augment.AugmentParams(crop_min_area=1.0, crop_max_aspect_ratio=1.0,
+                                 use_flip=False)
+  view = tf.function(lambda s: augment.crop_and_flip(image, 24, s, params))
+  for i in range(30):
+    np.testing.assert_allclose(view(seed(i, 17)).numpy(), image / 255,
+                               atol=1e-6)
+
+
+def test_whole_area_crop_is_mirrored_half_the_time():
+  image = np.random.default_rng(18).integers(0, 256, (24, 24, 3), np.uint8)
+  params = augment.AugmentParams(crop_min_area=1.0, crop_max_aspect_ratio=1.0)
+  view = tf.function(lambda s: augment.crop_and_flip(image, 24, s, params))
+  views = np.stack([view(seed(i, 19)).numpy() for i in range(400)])
+  mirrored = np.all(np.abs(views - image[:, ::-1] / 255) < 1e-6,
+                    axis=(1, 2, 3))
+  unchanged = np.all(np.abs(views - image / 255) < 1e-6, axis=(1, 2, 3))
+  assert np.all(mirrored | unchanged)
+  assert abs(mirrored.mean() - 0.5) < binomial_tolerance(0.5, 400)
+
+
+def test_use_flip_false_never_flips():
+  # The views equal their own crop unflipped: a crop of a left-to-right ramp
+  # still increases (test_flipped_fraction_is_one_half shows the detector).
+  image = horizontal_ramp(40, 40)
+  params = augment.AugmentParams(use_flip=False)
+  view = tf.function(lambda s: augment.crop_and_flip(image, 16, s, params))
+  views = np.stack([view(seed(i, 2)).numpy() for i in range(300)])
+  assert not np.any(views[:, 8, 0, 0] > views[:, 8, -1, 0])
+
+
 def test_crop_boxes_lie_inside_the_image(crop_boxes):
   offsets, sizes = crop_boxes
   assert np.all(offsets >= 0)
@@ -204,21 +260,50 @@ def test_grayscale_is_the_luma_in_three_channels():
     np.testing.assert_allclose(out[..., channel], luma, atol=1e-6)
 
 
+def color_distorted(images, path, params=augment.PUBLISHED, strength=1.0):
+  """color_distort of images [N, H, W, 3] by the batch or per-image path."""
+  n = len(images)
+  if path == 'batch':
+    return augment.color_distort(images, seed(7), strength, params).numpy()
+  seeds = tf.stack([seed(i, 8) for i in range(n)])
+  return next(iter(tf.data.Dataset.from_tensor_slices((images, seeds)).map(
+      lambda x, s: augment.color_distort_image(x, s, strength, params)).batch(
+          n))).numpy()
+
+
 @pytest.mark.parametrize('path', ['batch', 'per_image'])
-def test_color_distort_greys_one_fifth_and_keeps_one_in_six(path):
+@pytest.mark.parametrize('params,jitter_p,grey_p', [
+    (augment.PUBLISHED, 0.8, 0.2),
+    (augment.AugmentParams(color_jitter_probability=0.5,
+                           grayscale_probability=0.4), 0.5, 0.4)],
+                         ids=['published', 'configured'])
+def test_color_distort_greys_and_keeps_the_expected_fractions(
+    path, params, jitter_p, grey_p):
   n = 2000
   images = colourful_images(n, size=4)
-  if path == 'batch':
-    out = augment.color_distort(images, seed(7), 1.0).numpy()
-  else:
-    seeds = tf.stack([seed(i, 8) for i in range(n)])
-    out = next(iter(tf.data.Dataset.from_tensor_slices((images, seeds)).map(
-        lambda x, s: augment.color_distort_image(x, s, 1.0)).batch(n))).numpy()
+  out = color_distorted(images, path, params)
   grey = is_grey(out)
-  assert abs(grey.mean() - 0.2) < binomial_tolerance(0.2, n)
-  # Unchanged: neither jittered (p=0.2) nor greyed (p=0.8): 0.16.
+  assert abs(grey.mean() - grey_p) < binomial_tolerance(grey_p, n)
+  # Unchanged: neither jittered nor greyed (0.2 * 0.8 = 0.16 as published).
+  keep = (1 - jitter_p) * (1 - grey_p)
   unchanged = np.all(out == np.asarray(images), axis=(1, 2, 3))
-  assert abs(unchanged.mean() - 0.16) < binomial_tolerance(0.16, n)
+  assert abs(unchanged.mean() - keep) < binomial_tolerance(keep, n)
+
+
+@pytest.mark.parametrize('path', ['batch', 'per_image'])
+def test_zero_jitter_and_grayscale_probabilities_keep_colours(path):
+  images = colourful_images(200, size=4)
+  params = augment.AugmentParams(color_jitter_probability=0.0,
+                                 grayscale_probability=0.0)
+  np.testing.assert_array_equal(color_distorted(images, path, params),
+                                np.asarray(images))
+
+
+@pytest.mark.parametrize('path', ['batch', 'per_image'])
+def test_grayscale_probability_one_greys_every_image(path):
+  images = colourful_images(200, size=4)
+  params = augment.AugmentParams(grayscale_probability=1.0)
+  assert np.all(is_grey(color_distorted(images, path, params)))
 
 
 # -------------------------------------------------------------------- blur --
@@ -252,11 +337,44 @@ def test_blur_kernel_size_is_image_size_over_ten_made_odd(image_size, taps):
 
 
 @pytest.mark.parametrize('image_size,use_blur,expected', [
-    (224, True, True), (224, False, False), (32, True, False),
-    (33, True, True)])
-def test_blur_is_skipped_for_cifar_size_images(image_size, use_blur,
-                                               expected):
+    (224, True, True), (224, False, False), (32, True, True),
+    (32, False, False), (20, True, True), (19, True, False)])
+def test_blur_is_used_at_every_size_with_more_than_one_tap(image_size,
+                                                           use_blur, expected):
+  # As published, CIFAR-size images are blurred too (3 taps at 32); below
+  # 20 pixels the kernel has one tap, the identity, and is skipped.
   assert augment.blur_enabled(image_size, use_blur) == expected
+
+
+def fitted_blur_error(plain, blurred, taps):
+  """Largest pixel error of the best numpy_blur(plain, sigma, taps) fit to
+  blurred over sigma in [0.1, 2]."""
+  from scipy import optimize  # pylint: disable=g-import-not-at-top
+  fit = optimize.minimize_scalar(
+      lambda sigma: np.square(numpy_blur(plain, sigma, taps) - blurred).sum(),
+      bounds=(0.1, 2.0), method='bounded', options={'xatol': 1e-7})
+  return np.abs(numpy_blur(plain, fit.x, taps) - blurred).max()
+
+
+def test_32_pixel_pretrain_views_are_blurred_with_three_taps():
+  # Published: blur at every size when use_blur, image_size // 10 = 3 taps.
+  image = tf.constant(np.random.default_rng(24).integers(
+      0, 256, (40, 48, 3), np.uint8))
+  blur = augment.blur_enabled(32, use_blur=True)
+  taps = augment.blur_kernel_size(32)
+  view = tf.function(lambda s, blur_on: augment.pretrain_view(
+      image, s, 32, 1.0, blur_on, taps))
+  n = 200
+  blurred = 0
+  for i in range(n):
+    plain = view(seed(i, 25), False).numpy()
+    out = view(seed(i, 25), blur).numpy()
+    if np.array_equal(out, plain):
+      continue
+    blurred += 1
+    assert fitted_blur_error(plain, out, 3) < 1e-5
+  assert taps == 3
+  assert abs(blurred / n - 0.5) < binomial_tolerance(0.5, n)
 
 
 def test_blur_changes_exactly_the_selected_images():
@@ -270,6 +388,30 @@ def test_blur_changes_exactly_the_selected_images():
     np.testing.assert_allclose(
         out[i], numpy_blur(images[i].numpy(), params['sigma'][i], 5),
         atol=1e-5)
+
+
+def test_random_blur_changes_a_blur_probability_fraction():
+  images = colourful_images(2000, size=6)
+  params = augment.AugmentParams(blur_probability=0.25)
+  out = augment.random_blur(images, seed(20), 3, params).numpy()
+  changed = np.any(out != np.asarray(images), axis=(1, 2, 3))
+  assert abs(changed.mean() - 0.25) < binomial_tolerance(0.25, 2000)
+
+
+def test_blur_probability_zero_never_blurs():
+  images = colourful_images(300, size=6)
+  params = augment.AugmentParams(blur_probability=0.0)
+  np.testing.assert_array_equal(
+      augment.random_blur(images, seed(21), 3, params).numpy(),
+      np.asarray(images))
+  # A whole view with blur on but probability 0 is the view without blur.
+  image = tf.constant(np.random.default_rng(22).integers(
+      0, 256, (50, 70, 3), np.uint8))
+  view = tf.function(lambda s, blur_on: augment.pretrain_view(
+      image, s, 32, 1.0, blur_on, 3, params))
+  for i in range(20):
+    np.testing.assert_array_equal(view(seed(i, 23), True).numpy(),
+                                  view(seed(i, 23), False).numpy())
 
 
 def test_blur_probability_and_sigma_range():

@@ -102,6 +102,66 @@ def test_finetune_and_distill_give_single_crop_and_flip_views(digits_dir):
     np.testing.assert_allclose(images[..., 0], images[..., 1], atol=1e-6)
 
 
+# Every random choice of the augmentations made the identity.
+NO_RANDOM_AUGMENTATION = dict(
+    crop_min_area=1.0, crop_max_aspect_ratio=1.0, use_flip=False,
+    color_jitter_probability=0.0, grayscale_probability=0.0,
+    blur_probability=0.0, use_blur=True, color_jitter_strength=1.0)
+
+
+def train_digit_images():
+  """Bytes of the digits train split's uint8 32x32x3 images, from
+  scikit-learn directly."""
+  train = digits_lib.split_indices()['train']
+  return {i.tobytes() for i in digits_lib.upsampled_images()[train]}
+
+
+@pytest.mark.parametrize('mode,batch_augmentation', [
+    ('pretrain', 'none'), ('pretrain', 'blur'), ('pretrain', 'all'),
+    ('finetune', 'blur'), ('linear_eval', 'blur'), ('distill', 'blur')])
+def test_views_are_the_source_images_when_augmentation_knobs_are_off(
+    digits_dir, mode, batch_augmentation):
+  # Whole square crops of the square 32x32 digits, no flip, colour or blur:
+  # every view is a train image as it is. With the published values nearly
+  # every view differs (crops, flips, brightness and contrast of the digits).
+  inputs = data.Inputs(digits_config(
+      digits_dir, batch_augmentation=batch_augmentation,
+      **NO_RANDOM_AUGMENTATION))
+  images = next(iter(inputs.dataset(mode)))[0].numpy()
+  as_bytes = np.round(images * 255).astype(np.uint8)
+  np.testing.assert_allclose(images, as_bytes / 255, atol=1e-6)
+  assert {i.tobytes() for i in as_bytes} <= train_digit_images()
+
+
+@pytest.mark.parametrize('batch_augmentation', ['none', 'all'])
+def test_grayscale_probability_one_greys_every_pretraining_view(
+    colour_folder, batch_augmentation):
+  inputs = data.Inputs(data.DataConfig(
+      dataset='folder:' + colour_folder, image_size=16, train_batch_size=24,
+      seed=3, grayscale_probability=1.0,
+      batch_augmentation=batch_augmentation))
+  images = next(iter(inputs.dataset('pretrain')))[0].numpy()
+  np.testing.assert_array_equal(images[..., 0], images[..., 1])
+  np.testing.assert_array_equal(images[..., 1], images[..., 2])
+
+
+@pytest.mark.parametrize('batch_augmentation', ['none', 'blur', 'all'])
+def test_pretraining_blurs_32_pixel_views_when_use_blur(digits_dir,
+                                                        batch_augmentation):
+  # Same seed with and without blur: the blur draws its own randomness, so
+  # the views differ exactly where one was blurred, about half of them.
+  views = {}
+  for use_blur in (False, True):
+    inputs = data.Inputs(digits_config(
+        digits_dir, use_blur=use_blur, batch_augmentation=batch_augmentation))
+    views[use_blur] = np.concatenate(
+        [b[0].numpy() for b in inputs.dataset('pretrain').take(4)])
+  blurred = np.any(views[True] != views[False], axis=(1, 2, 3))
+  n = len(blurred)
+  assert n == 128
+  assert abs(blurred.mean() - 0.5) < NUM_SE * np.sqrt(0.25 / n)
+
+
 def test_unknown_mode_is_rejected(digits_dir):
   with pytest.raises(ValueError, match='mode'):
     data.Inputs(digits_config(digits_dir)).dataset('train')
@@ -109,6 +169,7 @@ def test_unknown_mode_is_rejected(digits_dir):
 
 def test_eval_centre_crops_only_images_larger_than_cifar():
   assert data.DataConfig(image_size=224).center_crop_for_eval
+  assert data.DataConfig(image_size=33).center_crop_for_eval
   assert not data.DataConfig(image_size=32).center_crop_for_eval
   assert not data.DataConfig(image_size=224,
                              eval_center_crop=False).center_crop_for_eval
@@ -208,6 +269,31 @@ def test_config_rejects_bad_values():
     data.DataConfig(train_label_fraction=0.0)
   with pytest.raises(ValueError, match='batch_augmentation'):
     data.DataConfig(batch_augmentation='yes')
+
+
+@pytest.mark.parametrize('field,value,expected', [
+    ('crop_min_area', 0.0, 'in (0, 1]'), ('crop_min_area', 1.5, 'in (0, 1]'),
+    ('crop_max_aspect_ratio', 0.75, '>= 1'),
+    ('color_jitter_probability', -0.1, 'a probability in [0, 1]'),
+    ('grayscale_probability', 1.2, 'a probability in [0, 1]'),
+    ('blur_probability', 2.0, 'a probability in [0, 1]')])
+def test_config_rejects_out_of_range_augmentation_values(field, value,
+                                                         expected):
+  with pytest.raises(ValueError) as error:
+    data.DataConfig(**{field: value})
+  assert str(error.value).startswith(
+      f'DataConfig.{field}={value!r}: expected {expected}')
+
+
+def test_augmentation_knobs_default_to_the_published_values():
+  # SPEC section 2: crop area [0.08, 1], aspect ratio [3/4, 4/3], flips,
+  # colour jitter p=0.8, greyscale p=0.2, blur p=0.5.
+  params = data.DataConfig().augment_params()
+  assert params.area_range == (0.08, 1.0)
+  assert params.aspect_ratio_range == pytest.approx((3 / 4, 4 / 3))
+  assert params.use_flip
+  assert (params.color_jitter_probability, params.grayscale_probability,
+          params.blur_probability) == (0.8, 0.2, 0.5)
 
 
 def test_config_round_trips_through_json():

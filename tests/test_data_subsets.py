@@ -177,3 +177,89 @@ def test_folder_subsets_use_relative_paths_as_ids(tmp_path):
   ids = inputs.label_subset()
   assert len(ids) == 4
   assert sorted(i.split('/')[0] for i in ids) == ['a', 'a', 'b', 'b']
+
+
+# ------------------------------------------ distillation keeps subset labels --
+
+NUM_TRAIN_DIGITS = 1438
+# Whole, unflipped crops of the square digits: every distillation image is
+# its source image, so rows can be matched to examples.
+IDENTITY_VIEWS = dict(crop_min_area=1.0, crop_max_aspect_ratio=1.0,
+                      use_flip=False)
+
+
+def distill_epoch(inputs):
+  """(uint8 images [N, 32, 32, 3], labels [N]) of one epoch of 'distill'."""
+  batch_size = inputs.config.train_batch_size
+  steps = NUM_TRAIN_DIGITS // batch_size
+  assert steps * batch_size == NUM_TRAIN_DIGITS
+  images, labels = [], []
+  for image_batch, label_batch in inputs.dataset('distill').take(steps):
+    images.append(np.round(image_batch.numpy() * 255).astype(np.uint8))
+    labels.append(label_batch.numpy())
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def examples_of(ids):
+  """Sorted (image bytes, true label) of digit ids, from scikit-learn."""
+  images = digits_lib.upsampled_images()
+  return sorted((images[int(i.split('_')[1])].tobytes(), digit_label(i))
+                for i in ids)
+
+
+def rows(images, labels):
+  return sorted((i.tobytes(), int(l)) for i, l in zip(images, labels))
+
+
+def distill_config(digits_dir, **changes):
+  # Two batches of 719 make one epoch of the 1,438 train digits.
+  return data.DataConfig(
+      dataset='digits', data_dir=digits_dir, image_size=32,
+      train_batch_size=719, shuffle_buffer_size=256, seed=0,
+      **IDENTITY_VIEWS, **changes)
+
+
+def test_distillation_keeps_only_the_drawn_subset_labels(digits_dir,
+                                                         tmp_path):
+  inputs = data.Inputs(distill_config(
+      digits_dir, train_label_fraction=0.1, label_subset_seed=0,
+      model_dir=str(tmp_path)))
+  images, labels = distill_epoch(inputs)
+  # The ids fine-tuning reads, from the file written to model_dir.
+  subset = (tmp_path / 'label_subset_0.1_seed0.txt').read_text().split()
+  assert len(subset) == 144
+  labeled = labels >= 0
+  assert labeled.sum() == 144
+  assert rows(images[labeled], labels[labeled]) == examples_of(subset)
+  np.testing.assert_array_equal(labels[~labeled], -1)
+  # The other rows are the rest of the split, once each.
+  train_ids, _ = data.load_source('digits', digits_dir).ids_and_labels(
+      'train')
+  rest = sorted(set(train_ids) - set(subset))
+  assert sorted(i.tobytes() for i in images[~labeled]) == [
+      image for image, _ in examples_of(rest)]
+  # The whole split is one distillation epoch.
+  assert inputs.num_train_examples('distill') == NUM_TRAIN_DIGITS
+
+
+def test_distillation_keeps_only_the_labels_of_a_subset_file(digits_dir,
+                                                             tmp_path):
+  train_ids, labels = data.load_source('digits', digits_dir).ids_and_labels(
+      'train')
+  chosen = [i for i, l in zip(train_ids, labels) if l in (5, 7)][:30]
+  path = str(tmp_path / 'fives_and_sevens.txt')
+  subsets.write_ids(path, chosen)
+  inputs = data.Inputs(distill_config(digits_dir, label_subset_file=path))
+  images, labels = distill_epoch(inputs)
+  labeled = labels >= 0
+  assert labeled.sum() == 30
+  assert rows(images[labeled], labels[labeled]) == examples_of(chosen)
+  assert set(labels[~labeled]) == {-1}
+
+
+def test_distillation_without_a_subset_keeps_every_label(digits_dir):
+  inputs = data.Inputs(distill_config(digits_dir))
+  images, labels = distill_epoch(inputs)
+  train_ids, _ = data.load_source('digits', digits_dir).ids_and_labels(
+      'train')
+  assert rows(images, labels) == examples_of(train_ids)

@@ -40,11 +40,11 @@ def make_task(**values):
   return TASKS[configs.train.train_mode](configs, NUM_CLASSES)
 
 
-def one_step(task, images, labels):
+def one_step(task, images, labels, return_trainer=False):
   """Runs one Trainer step of `task` on (images, labels) with plain SGD at
   the schedule's first learning rate; returns (state, loop outputs, the
   forward outputs of the model before the step, the supervised head's
-  (kernel, bias) before the step)."""
+  (kernel, bias) before the step[, the trainer])."""
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   configs = task.configs
   task.prepare(strategy)
@@ -61,10 +61,13 @@ def one_step(task, images, labels):
       tf.data.Dataset.from_tensors((images, labels)).repeat())
   trainer = Trainer(task, state, configs.optimizer, dataset, strategy,
                     learning_rate=lr, summary_images=0)
-  kernel = model.supervised_head.dense.kernel.numpy()
-  bias = model.supervised_head.dense.bias.numpy()
+  head = model.supervised_head
+  kernel, bias = ((head.dense.kernel.numpy(), head.dense.bias.numpy())
+                  if head is not None else (None, None))
   outputs = trainer.train(tf.constant(1, tf.int32))
   outputs = {k.split('/')[-1]: float(v) for k, v in outputs.items()}
+  if return_trainer:
+    return state, outputs, before, (kernel, bias), trainer
   return state, outputs, before, (kernel, bias)
 
 
@@ -127,6 +130,46 @@ def test_pretrain_step_reports_nt_xent_and_trains_the_probe_on_stopped_features(
   head = state.model.supervised_head.dense
   np.testing.assert_allclose(head.kernel.numpy(), kernel, atol=2e-6)
   np.testing.assert_allclose(head.bias.numpy(), bias, atol=2e-6)
+
+
+def numpy_nt_xent(z, temperature, negatives=None):
+  """2 x mean over the 2n anchors (the published scale) of -log softmax of
+  the positive among all other rows of z (+ the extra negatives)."""
+  z = z / np.linalg.norm(z, axis=1, keepdims=True)
+  n = len(z) // 2
+  candidates = z
+  if negatives is not None:
+    negatives = negatives / np.linalg.norm(negatives, axis=1, keepdims=True)
+    candidates = np.concatenate([z, negatives])
+  logits = z @ candidates.T / temperature
+  logits[np.arange(2 * n), np.arange(2 * n)] = -np.inf
+  positive = np.concatenate([np.arange(n, 2 * n), np.arange(n)])
+  return 2 * (-log_softmax(logits)[np.arange(2 * n), positive]).mean()
+
+
+def test_pretrain_with_memory_negatives_adds_the_queued_keys_as_negatives():
+  task = make_task(train_mode='pretrain', temperature=0.5,
+                   memory_size=4 * BATCH, memory_momentum=0.9,
+                   lineareval_while_pretraining=False)
+  images, labels = images_and_labels(2 * BATCH)
+  state, outputs, before, _, trainer = one_step(task, images, labels,
+                                                return_trainer=True)
+  # First step: an empty queue, so SimCLR's loss; the momentum encoder
+  # starts as a copy of the online one, so the keys it queued are the
+  # step's projections (both views, in row order).
+  np.testing.assert_allclose(outputs['contrast_loss'],
+                             numpy_nt_xent(before['proj_head_output'], 0.5),
+                             rtol=1e-5)
+  queue = state.extras['memory_queue']
+  assert int(queue.length.numpy()) == 2 * BATCH
+  np.testing.assert_allclose(queue.queue.numpy()[:2 * BATCH],
+                             before['proj_head_output'], atol=1e-5)
+  queued = queue.queue.numpy()[:2 * BATCH]
+  second = state.model(images, training=True)['proj_head_output'].numpy()
+  outputs = trainer.train(tf.constant(1, tf.int32))
+  np.testing.assert_allclose(
+      float(outputs['train/contrast_loss']),
+      numpy_nt_xent(second, 0.5, negatives=queued), rtol=1e-5)
 
 
 def test_linear_eval_step_trains_only_the_head_on_frozen_features():
@@ -212,3 +255,73 @@ def test_every_train_mode_has_a_task_named_after_it():
   from simclr.configs import TRAIN_MODES  # pylint: disable=g-import-not-at-top
   assert sorted(TASKS) == sorted(TRAIN_MODES)
   assert all(TASKS[mode].name == mode for mode in TRAIN_MODES)
+
+
+def tiny_model(**changes):
+  return simclr.build_model(simclr.ModelConfig(
+      **{k: TINY[k] for k in ('resnet_depth', 'width_multiplier',
+                              'image_size', 'proj_out_dim', 'num_proj_layers',
+                              'global_bn')},
+      num_classes=NUM_CLASSES, **changes))
+
+
+def published_format_checkpoint(model, directory):
+  """The model's variables at the published object-graph paths and nothing
+  else (no model_config.json): what the published run.py writes."""
+  from simclr import checkpoints  # pylint: disable=g-import-not-at-top
+  return checkpoints.training_checkpoint(model).write(
+      str(directory / 'ckpt'))
+
+
+def test_a_published_teacher_uses_the_flagged_projection_layer(tmp_path):
+  teacher = tiny_model(ft_proj_selector=1)
+  path = published_format_checkpoint(teacher, tmp_path)
+  images, _ = images_and_labels(BATCH)
+  expected = teacher(images, training=False)['logits_sup'].numpy()
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  flagged = make_task(train_mode='distill', teacher_checkpoint=path,
+                      teacher_ft_proj_selector=1)
+  flagged.prepare(strategy)
+  np.testing.assert_allclose(
+      flagged.teacher(images, training=False)['logits_sup'], expected,
+      atol=1e-6)
+  # Without the flag the file cannot tell: the head input layer (0) is
+  # assumed, and the logits are those of another network.
+  unflagged = make_task(train_mode='distill', teacher_checkpoint=path)
+  unflagged.prepare(strategy)
+  assert np.abs(unflagged.teacher(images, training=False)['logits_sup'] -
+                expected).max() > 1e-3
+
+
+def test_a_teacher_selector_flag_contradicting_our_files_is_refused(tmp_path):
+  from simclr import checkpoints  # pylint: disable=g-import-not-at-top
+  teacher_dir = str(tmp_path / 'teacher')
+  simclr.export_saved_model(tiny_model(ft_proj_selector=1), teacher_dir)
+  task = make_task(train_mode='distill', teacher_checkpoint=teacher_dir,
+                   teacher_ft_proj_selector=0)
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r'--teacher_ft_proj_selector=0 contradicts '
+                           r'ft_proj_selector=1'):
+    task.prepare(tf.distribute.OneDeviceStrategy('/cpu:0'))
+
+
+def test_checkpoint_head_is_reused_only_on_the_layer_it_was_trained_on(
+    tmp_path):
+  from simclr import checkpoints  # pylint: disable=g-import-not-at-top
+  source = tiny_model(ft_proj_selector=1)
+  path = published_format_checkpoint(source, tmp_path)
+  images, _ = images_and_labels(BATCH)
+  expected = source(images, training=False)['logits_sup'].numpy()
+  model = tiny_model(ft_proj_selector=1)
+  assert checkpoints.init_from_checkpoint(model, path,
+                                          source_ft_proj_selector=1)
+  np.testing.assert_allclose(model(images, training=False)['logits_sup'],
+                             expected, atol=1e-6)
+  # Published files do not record the layer: 0 is assumed, which differs
+  # from the model's 1, so the head is not reused; evaluation refuses.
+  model = tiny_model(ft_proj_selector=1)
+  assert not checkpoints.init_from_checkpoint(model, path)
+  with pytest.raises(checkpoints.CheckpointError,
+                     match='projection-head output 0 there, 1 here'):
+    checkpoints.init_from_checkpoint(model, path,
+                                     require_supervised_head=True)

@@ -5,9 +5,13 @@ r"""Draws what pretraining sees: each image beside several augmented views.
 
 Without --dataset the images are scikit-learn's two bundled photos. The
 views are made by simclr.data.augment.pretrain_view with the given
---image_size, --color_jitter_strength and --use_blur (SPEC section 2: random
-crop and resize, flip, colour jitter p=0.8, greyscale p=0.2, blur p=0.5 when
-image_size > 32).
+--image_size, --color_jitter_strength, --use_blur and augmentation knobs
+(defaults as published, SPEC section 2: random crop of 8-100% of the area
+with aspect ratio in [3/4, 4/3], resize, flip, colour jitter p=0.8,
+greyscale p=0.2, blur p=0.5 at every image size, 3 taps at 32x32).
+
+    python tf2/show_augmentations.py --dataset=digits --image_size=32 \
+      --crop_min_area=0.3 --use_flip=False --out=digits.png
 """
 
 from absl import app
@@ -29,6 +33,12 @@ flags.DEFINE_integer('num_views', 6, 'Augmented views per image.')
 flags.DEFINE_integer('image_size', 224, 'Side of the views.')
 flags.DEFINE_float('color_jitter_strength', 1.0, 'As for pretraining.')
 flags.DEFINE_bool('use_blur', True, 'As for pretraining.')
+flags.DEFINE_float('crop_min_area', 0.08, 'As in tf2/run.py.')
+flags.DEFINE_float('crop_max_aspect_ratio', 4 / 3, 'As in tf2/run.py.')
+flags.DEFINE_bool('use_flip', True, 'As in tf2/run.py.')
+flags.DEFINE_float('color_jitter_probability', 0.8, 'As in tf2/run.py.')
+flags.DEFINE_float('grayscale_probability', 0.2, 'As in tf2/run.py.')
+flags.DEFINE_float('blur_probability', 0.5, 'As in tf2/run.py.')
 flags.DEFINE_integer('seed', 0, 'Seed of the views.')
 
 
@@ -48,12 +58,22 @@ def main(argv):
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
+  # Through DataConfig, which checks the values as tf2/run.py does.
+  config = data.DataConfig(
+      image_size=FLAGS.image_size,
+      color_jitter_strength=FLAGS.color_jitter_strength,
+      use_blur=FLAGS.use_blur, crop_min_area=FLAGS.crop_min_area,
+      crop_max_aspect_ratio=FLAGS.crop_max_aspect_ratio,
+      use_flip=FLAGS.use_flip,
+      color_jitter_probability=FLAGS.color_jitter_probability,
+      grayscale_probability=FLAGS.grayscale_probability,
+      blur_probability=FLAGS.blur_probability)
   images = load_images()
-  size = FLAGS.image_size
-  blur = augment.blur_enabled(size, FLAGS.use_blur)
+  size = config.image_size
+  blur = augment.blur_enabled(size, config.use_blur)
   view = tf.function(lambda image, seed: augment.pretrain_view(
-      image, seed, size, FLAGS.color_jitter_strength, blur,
-      augment.blur_kernel_size(size)))
+      image, seed, size, config.color_jitter_strength, blur,
+      augment.blur_kernel_size(size), config.augment_params()))
   columns = FLAGS.num_views + 1
   figure, axes = plt.subplots(len(images), columns, squeeze=False,
                               figsize=(2 * columns, 2.3 * len(images) + 0.5))

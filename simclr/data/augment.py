@@ -11,6 +11,11 @@ TensorFlow's fused colour kernels; tf2/bench_input.py measures it), so the
 pipeline runs colour per image and only the blur per batch by default
 (DataConfig.batch_augmentation).
 
+The ranges and probabilities of the random operations are an AugmentParams
+argument (published values by default, DataConfig.augment_params() builds
+one from a config); whether to blur, its kernel size and the colour jitter
+strength are arguments of their own.
+
 The photometric randomness is drawn by sample_color_params /
 sample_blur_params and applied by apply_* functions, so tests can check
 the distributions and the arithmetic separately; the per-image and batch
@@ -21,22 +26,61 @@ tf.random.stateless_*: the same seed gives the same output.
 Outputs are float32 in [0, 1].
 """
 
+import dataclasses
 from typing import Dict, Tuple
 
 import tensorflow as tf
 
 CROP_PROPORTION = 0.875  # Centre crop kept for evaluation (ImageNet standard).
-AREA_RANGE = (0.08, 1.0)
+# Published values, the defaults of AugmentParams.
+AREA_RANGE = (0.08, 1.0)  # Fraction of the image area the random crop keeps.
 ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)  # Width / height of the random crop.
 COLOR_JITTER_PROBABILITY = 0.8
 GRAYSCALE_PROBABILITY = 0.2
 BLUR_PROBABILITY = 0.5
 BLUR_SIGMA_RANGE = (0.1, 2.0)
-CIFAR_SIZE = 32  # Images this small get no blur and no eval centre crop.
 
 # Order codes of the four colour-jitter operations.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # As tf.image.rgb_to_grayscale.
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentParams:
+  """Ranges and probabilities of the random augmentations.
+
+  The defaults are the published values (SPEC section 2), tuned for ImageNet
+  photos; small or orientation-sensitive images (e.g. digits) may want
+  larger crops and no flips.
+
+  crop_min_area: in (0, 1]; the random crop keeps a fraction of the image
+    area in [crop_min_area, 1].
+  crop_max_aspect_ratio: r >= 1; the crop's width / height lies in [1/r, r].
+  use_flip: left-right flip with probability 0.5 (False: never flipped).
+  color_jitter_probability: in [0, 1], chance that a pretraining view gets
+    the colour jitter.
+  grayscale_probability: in [0, 1], chance that a pretraining view is then
+    turned grey.
+  blur_probability: in [0, 1], chance that a pretraining view is blurred
+    (when blur is on at all).
+  """
+  crop_min_area: float = AREA_RANGE[0]
+  crop_max_aspect_ratio: float = ASPECT_RATIO_RANGE[1]
+  use_flip: bool = True
+  color_jitter_probability: float = COLOR_JITTER_PROBABILITY
+  grayscale_probability: float = GRAYSCALE_PROBABILITY
+  blur_probability: float = BLUR_PROBABILITY
+
+  @property
+  def area_range(self) -> Tuple[float, float]:
+    return (self.crop_min_area, AREA_RANGE[1])
+
+  @property
+  def aspect_ratio_range(self) -> Tuple[float, float]:
+    return (1 / self.crop_max_aspect_ratio, self.crop_max_aspect_ratio)
+
+
+PUBLISHED = AugmentParams()
 
 
 def _split(seed, num):
@@ -51,19 +95,22 @@ def to_float(image):
 # ---------------------------------------------------------------- geometric --
 
 
-def sample_crop_box(image_shape, seed) -> Tuple[tf.Tensor, tf.Tensor]:
+def sample_crop_box(image_shape, seed, params: AugmentParams = PUBLISHED
+                    ) -> Tuple[tf.Tensor, tf.Tensor]:
   """Random crop box as in the published code; returns (offset, size).
 
   offset = [y, x], size = [height, width] (int32). The box covers a fraction
-  AREA_RANGE of the image with width/height in ASPECT_RATIO_RANGE, drawn by
+  params.area_range of the image with width/height in
+  params.aspect_ratio_range, drawn by
   tf.image.stateless_sample_distorted_bounding_box (100 attempts, then the
   whole image).
   """
   whole_image = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
       image_shape, whole_image, seed=seed, min_object_covered=0.1,
-      aspect_ratio_range=ASPECT_RATIO_RANGE, area_range=AREA_RANGE,
-      max_attempts=100, use_image_if_no_bounding_boxes=True)
+      aspect_ratio_range=params.aspect_ratio_range,
+      area_range=params.area_range, max_attempts=100,
+      use_image_if_no_bounding_boxes=True)
   return begin[:2], size[:2]
 
 
@@ -83,9 +130,10 @@ def resize(image, size: int):
   return tf.ensure_shape(out, [size, size, 3])
 
 
-def random_crop_and_resize(image, size: int, seed):
+def random_crop_and_resize(image, size: int, seed,
+                           params: AugmentParams = PUBLISHED):
   """Random crop (sample_crop_box) of a [H, W, 3] image, resized to size."""
-  offset, crop_size = sample_crop_box(tf.shape(image), seed)
+  offset, crop_size = sample_crop_box(tf.shape(image), seed, params)
   crop = tf.slice(image, tf.concat([offset, [0]], 0),
                   tf.concat([crop_size, [-1]], 0))
   return resize(crop, size)
@@ -111,10 +159,12 @@ def center_crop_and_resize(image, size: int,
   return tf.ensure_shape(out, [size, size, 3])
 
 
-def crop_and_flip(image, size: int, seed):
-  """Fine-tuning / distillation view: random crop, resize, flip."""
+def crop_and_flip(image, size: int, seed, params: AugmentParams = PUBLISHED):
+  """Fine-tuning / distillation view: random crop, resize, flip (unless
+  params.use_flip is False)."""
   crop_seed, flip_seed = _split(seed, 2)
-  return random_flip(random_crop_and_resize(image, size, crop_seed), flip_seed)
+  view = random_crop_and_resize(image, size, crop_seed, params)
+  return random_flip(view, flip_seed) if params.use_flip else view
 
 
 # -------------------------------------------------------------- photometric --
@@ -219,11 +269,17 @@ def apply_grayscale(images, mask):
   return tf.where(_per_image(mask, images), to_grayscale(images), images)
 
 
-def color_distort(images, seed, strength: float):
-  """Colour jitter (p=0.8, random order) then greyscale (p=0.2); [B,H,W,3]."""
-  params = sample_color_params(tf.shape(images)[0], seed, strength)
-  return apply_grayscale(apply_color_jitter(images, params),
-                         params['grayscale'])
+def color_distort(images, seed, strength: float,
+                  params: AugmentParams = PUBLISHED):
+  """Colour jitter (p=0.8, random order) then greyscale (p=0.2); [B,H,W,3].
+
+  The probabilities are params.color_jitter_probability and
+  params.grayscale_probability (published values above)."""
+  color = sample_color_params(tf.shape(images)[0], seed, strength,
+                              params.color_jitter_probability,
+                              params.grayscale_probability)
+  return apply_grayscale(apply_color_jitter(images, color),
+                         color['grayscale'])
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -233,8 +289,10 @@ def blur_kernel_size(image_size: int) -> int:
 
 
 def blur_enabled(image_size: int, use_blur: bool) -> bool:
-  """Blur is part of pretraining only when asked for and not CIFAR-size."""
-  return bool(use_blur) and image_size > CIFAR_SIZE
+  """Whether pretraining blurs: whenever use_blur, at every image size, as
+  published (3 taps at 32x32). Below 20 pixels the kernel has one tap and
+  the blur is the identity, so it is skipped there."""
+  return bool(use_blur) and blur_kernel_size(image_size) > 1
 
 
 def sample_blur_params(batch_size, seed, probability=BLUR_PROBABILITY
@@ -284,17 +342,25 @@ def apply_blur(images, params, kernel_size: int):
   """Blurs only the images whose 'blur' is True (the others are untouched,
   and not computed: the selected images are gathered and scattered back)."""
   index = tf.where(params['blur'])
-  selected = tf.gather_nd(images, index)
-  blurred = gaussian_blur(selected, tf.gather_nd(params['sigma'], index),
-                          kernel_size)
-  return tf.tensor_scatter_nd_update(images, index,
-                                     tf.clip_by_value(blurred, 0.0, 1.0))
+
+  def blur_selected():
+    blurred = gaussian_blur(tf.gather_nd(images, index),
+                            tf.gather_nd(params['sigma'], index), kernel_size)
+    return tf.tensor_scatter_nd_update(images, index,
+                                       tf.clip_by_value(blurred, 0.0, 1.0))
+
+  # A convolution with no selected image would have an empty filter, which
+  # the CPU kernel rejects.
+  return tf.cond(tf.size(index) > 0, blur_selected, lambda: images)
 
 
-def random_blur(images, seed, kernel_size: int):
-  """Gaussian blur with p=0.5, sigma ~ U[0.1, 2], on a batch [B, H, W, 3]."""
-  params = sample_blur_params(tf.shape(images)[0], seed)
-  return apply_blur(images, params, kernel_size)
+def random_blur(images, seed, kernel_size: int,
+                params: AugmentParams = PUBLISHED):
+  """Gaussian blur with p=params.blur_probability (published 0.5), sigma ~
+  U[0.1, 2], on a batch [B, H, W, 3]."""
+  blur = sample_blur_params(tf.shape(images)[0], seed,
+                            params.blur_probability)
+  return apply_blur(images, blur, kernel_size)
 
 
 # ------------------------------------------------ per-image photometric path --
@@ -326,33 +392,36 @@ def apply_color_jitter_image(image, params):
   return tf.cond(p['jitter'], jitter, lambda: image)
 
 
-def color_distort_image(image, seed, strength: float):
+def color_distort_image(image, seed, strength: float,
+                        params: AugmentParams = PUBLISHED):
   """color_distort for one image [H, W, 3] (same distribution)."""
-  params = sample_color_params(1, seed, strength)
-  out = apply_color_jitter_image(image, params)
-  out = tf.cond(params['grayscale'][0], lambda: to_grayscale(out),
+  color = sample_color_params(1, seed, strength,
+                              params.color_jitter_probability,
+                              params.grayscale_probability)
+  out = apply_color_jitter_image(image, color)
+  out = tf.cond(color['grayscale'][0], lambda: to_grayscale(out),
                 lambda: out)
   return tf.ensure_shape(out, image.shape)
 
 
 def pretrain_view(image, seed, size: int, strength: float, blur: bool,
-                  kernel_size: int):
+                  kernel_size: int, params: AugmentParams = PUBLISHED):
   """One complete pretraining view of one image (per-image path).
 
   image: [H, W, 3] uint8 or float in [0, 1]. Returns [size, size, 3] float32.
   Equivalent in distribution to crop_and_flip followed by the batch
-  functions color_distort and (if blur) random_blur.
+  functions color_distort and (if blur) random_blur, with the same params.
   """
   geometry_seed, color_seed, blur_seed = _split(seed, 3)
-  view = crop_and_flip(image, size, geometry_seed)
+  view = crop_and_flip(image, size, geometry_seed, params)
   if strength > 0:  # As published, strength 0 disables greyscale too.
-    view = color_distort_image(view, color_seed, strength)
+    view = color_distort_image(view, color_seed, strength, params)
   if blur:
-    params = sample_blur_params(1, blur_seed)
+    blur_params = sample_blur_params(1, blur_seed, params.blur_probability)
     view = tf.cond(
-        params['blur'][0],
+        blur_params['blur'][0],
         lambda: tf.clip_by_value(gaussian_blur(
-            view[None], params['sigma'], kernel_size)[0], 0.0, 1.0),
+            view[None], blur_params['sigma'], kernel_size)[0], 0.0, 1.0),
         lambda: view)
   return view
 

@@ -17,6 +17,10 @@ num_replicas_in_sync examples:
   the views along channels, [b, S, S, 6].
 - 'finetune', 'linear_eval' (endless, label subset if any), 'distill'
   (endless, whole split): (images [b, S, S, 3], labels [b]); crop and flip.
+  When a label subset is configured (DataConfig.train_label_fraction < 1 or
+  label_subset_file), 'distill' keeps the labels of the subset's examples
+  only (the same ids fine-tuning reads) and gives every other example
+  label -1, so that no label outside the subset reaches distillation.
 - 'eval' (finite): (images [b, S, S, 3], labels [b], weights float32 [b]).
   The split is read exactly once; the last batches are padded with blank
   examples of weight 0 (label 0) so that every replica gets the same number
@@ -32,6 +36,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from simclr.configs import CIFAR_IMAGE_SIZE
 from simclr.data import augment
 from simclr.data import datasets
 from simclr.data import subsets
@@ -50,6 +55,20 @@ def _stream_seed(seed: Optional[int], pipeline_id: int, purpose: int):
 def _seeds(seed):
   """Endless dataset of int64 [2] seeds for stateless random ops."""
   return tf.data.Dataset.random(seed=seed).batch(2)
+
+
+def _unlabel_all_but(ids):
+  """Example map: label -> -1 unless the example's id is one of ids."""
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(
+          tf.constant([str(i) for i in ids], tf.string),
+          tf.ones([len(ids)], tf.int32)), default_value=0)
+
+  def unlabel(example):
+    labeled = table.lookup(example['id']) > 0
+    return dict(example, label=tf.where(labeled, example['label'], -1))
+
+  return unlabel
 
 
 class Inputs:
@@ -83,7 +102,8 @@ class Inputs:
 
   def num_train_examples(self, mode: str = 'pretrain') -> int:
     """Examples of the train split a mode reads per epoch (the label subset
-    for 'finetune' and 'linear_eval' when there is one)."""
+    for 'finetune' and 'linear_eval' when there is one; the whole split for
+    'distill', whose examples outside the subset come unlabeled)."""
     ids = self.label_subset() if mode in SUBSET_MODES else None
     if ids is not None:
       return len(ids)
@@ -107,7 +127,8 @@ class Inputs:
     return global_batch // num_input_pipelines
 
   def label_subset(self) -> Optional[np.ndarray]:
-    """Ids that fine-tuning reads, or None for the whole train split.
+    """Ids that fine-tuning reads (and whose labels distillation keeps), or
+    None for the whole train split.
 
     From label_subset_file if set; else, when train_label_fraction < 1, a
     class-balanced draw with label_subset_seed, written to model_dir (if
@@ -153,7 +174,7 @@ class Inputs:
     """For strategy.distribute_datasets_from_function."""
     if mode not in MODES:
       raise ValueError(f'mode {mode!r}: expected one of {MODES}')
-    if mode in SUBSET_MODES:
+    if mode in SUBSET_MODES or mode == 'distill':
       self.label_subset()  # Drawn once, here, not in every pipeline.
     return lambda input_context: self.dataset(mode, input_context)
 
@@ -184,23 +205,29 @@ class Inputs:
         config.train_split, shard_index=pipeline,
         num_shards=context.num_input_pipelines, shuffle=True,
         seed=_stream_seed(config.seed, pipeline, 0), ids=ids)
+    if mode == 'distill':
+      labeled_ids = self.label_subset()
+      if labeled_ids is not None:
+        dataset = dataset.map(_unlabel_all_but(labeled_ids))
     dataset = dataset.map(lambda e: (e['image'], e['label']))
     if config.cache_dataset:
       dataset = dataset.cache()
     buffer_size = config.shuffle_buffer_size or batch_size * (
-        50 if config.image_size <= 32 else 10)
+        50 if config.image_size <= CIFAR_IMAGE_SIZE else 10)
     dataset = dataset.shuffle(buffer_size,
                               seed=_stream_seed(config.seed, pipeline, 1))
     dataset = dataset.repeat()
     dataset = tf.data.Dataset.zip(
         dataset, _seeds(_stream_seed(config.seed, pipeline, 2)))
     size = config.image_size
+    params = config.augment_params()
     if mode == 'pretrain':
       dataset = self._pretrain_batches(dataset, batch_size, pipeline)
     else:
       dataset = dataset.map(
-          lambda example, seed: (augment.crop_and_flip(example[0], size, seed),
-                                 example[1]),
+          lambda example, seed: (
+              augment.crop_and_flip(example[0], size, seed, params),
+              example[1]),
           num_parallel_calls=tf.data.AUTOTUNE)
       dataset = dataset.batch(batch_size, drop_remainder=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -209,6 +236,7 @@ class Inputs:
     config = self.config
     size = config.image_size
     strength = config.color_jitter_strength
+    params = config.augment_params()
     blur = augment.blur_enabled(size, config.use_blur)
     kernel_size = augment.blur_kernel_size(size)
 
@@ -219,9 +247,10 @@ class Inputs:
 
     def view(image, seed):
       if config.batch_augmentation == 'all':
-        return augment.crop_and_flip(image, size, seed)
+        return augment.crop_and_flip(image, size, seed, params)
       return augment.pretrain_view(image, seed, size, strength,
-                                   blur and not batched_blur, kernel_size)
+                                   blur and not batched_blur, kernel_size,
+                                   params)
 
     view = tf.function(view)  # Traced once, used for both views.
 
@@ -239,9 +268,9 @@ class Inputs:
       color_seed, blur_seed = tf.unstack(
           tf.random.experimental.stateless_split(seed, 2))
       if batched_color:
-        images = augment.color_distort(images, color_seed, strength)
+        images = augment.color_distort(images, color_seed, strength, params)
       if batched_blur:
-        images = augment.random_blur(images, blur_seed, kernel_size)
+        images = augment.random_blur(images, blur_seed, kernel_size, params)
       return images, tf.concat([labels, labels], 0)
 
     dataset = tf.data.Dataset.zip(
