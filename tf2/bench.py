@@ -16,7 +16,6 @@ views, as the published figures in ../shared/SPEC.md section 5 do.
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -218,25 +217,6 @@ def input_throughput(seconds=8.0):
   return out
 
 
-def cpu_description():
-  model, flags_line = platform.processor() or 'unknown', ''
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name') and model in ('', 'unknown',
-                                                      platform.processor()):
-          model = line.split(':', 1)[1].strip()
-        if line.startswith('flags'):
-          flags_line = line.split(':', 1)[1]
-          break
-  except OSError:
-    pass
-  wanted = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile', 'fma',
-            'avx512_vnni')
-  present = [f for f in wanted if f in flags_line.split()]
-  return model, os.cpu_count(), present
-
-
 def main(argv):
   del argv
   if FLAGS.one_published:
@@ -249,6 +229,7 @@ def main(argv):
                                          xla == 'true')), flush=True)
     return
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tf2.bench_utils import cpu_description  # pylint: disable=g-import-not-at-top
   model_name, cores, cpu_flags = cpu_description()
   print(f'CPU: {model_name}, {cores} cores, flags {cpu_flags}', flush=True)
   peak = matmul_peak()
