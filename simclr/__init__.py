@@ -1,20 +1,34 @@
 """SimCLR / SimCLRv2 in TensorFlow 2 with the Keras 2 API (tf_keras).
 
 Public API: ModelConfig, build_model, load_model, export_saved_model, losses,
-train.
+train. Names are resolved on first use, so that `import simclr.configs`
+(flag values -> configs) does not import TensorFlow.
 """
 
+import importlib
+
 from simclr.configs import ModelConfig
-from simclr.models.simclr_model import OUTPUT_KEYS
-from simclr.models.simclr_model import SimCLRModel
-from simclr.models.simclr_model import build_model
-from simclr.checkpoints import load_model
-from simclr import losses
-from simclr.export import export_saved_model
+
+# Public name -> (module, attribute; None for the module itself).
+_LAZY = {
+    'OUTPUT_KEYS': ('simclr.models.simclr_model', 'OUTPUT_KEYS'),
+    'SimCLRModel': ('simclr.models.simclr_model', 'SimCLRModel'),
+    'build_model': ('simclr.models.simclr_model', 'build_model'),
+    'load_model': ('simclr.checkpoints', 'load_model'),
+    'export_saved_model': ('simclr.export', 'export_saved_model'),
+    'train': ('simclr.tasks.runner', 'train'),
+    'losses': ('simclr.losses', None),
+    'checkpoints': ('simclr.checkpoints', None),
+}
+
+__all__ = ['ModelConfig'] + sorted(_LAZY)
 
 
-def train(**flag_values):
-  """A whole run from tf2/run.py's flag names; see simclr.tasks.runner.train.
-  Returns the eval result dict (None when --mode=train)."""
-  from simclr.tasks import runner  # pylint: disable=g-import-not-at-top
-  return runner.train(**flag_values)
+def __getattr__(name):
+  if name not in _LAZY:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  module_name, attribute = _LAZY[name]
+  module = importlib.import_module(module_name)
+  value = module if attribute is None else getattr(module, attribute)
+  globals()[name] = value
+  return value

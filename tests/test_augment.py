@@ -54,8 +54,8 @@ def crop_boxes():
 def test_crop_area_lies_in_published_range(crop_boxes):
   _, sizes = crop_boxes
   area = sizes[:, 0] * sizes[:, 1] / 240**2
-  assert area.min() >= augment.AREA_RANGE[0]
-  assert area.max() <= augment.AREA_RANGE[1]
+  assert area.min() >= augment.PUBLISHED.area_range[0]
+  assert area.max() <= augment.PUBLISHED.area_range[1]
   # The whole range is used: small and nearly whole-image crops both occur.
   assert area.min() < 0.15 and area.max() > 0.9
 

@@ -2,6 +2,8 @@
 without a public API; a test here fails by name on the version that changes
 it."""
 
+import os
+
 import numpy as np
 import orbit
 import pytest
@@ -37,3 +39,15 @@ def test_a_finite_loss_passes_and_other_errors_are_not_ours():
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     tf.debugging.Assert(False, ['something else'])
   assert compat.non_finite_message(raised.value) is None
+
+
+def test_flag_values_become_configs_without_tensorflow():
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ('import sys; from simclr.configs import configs_from_values; '
+          'c = configs_from_values(dict(train_mode="distill", '
+          'teacher_checkpoint="t", dataset="digits", train_batch_size=8)); '
+          'assert c.data.train_batch_size == 8, c; '
+          'assert "tensorflow" not in sys.modules, "tensorflow imported"')
+  subprocess.run([sys.executable, '-c', code], check=True, cwd=os.path.join(
+      os.path.dirname(__file__), '..'))

@@ -26,58 +26,21 @@ tf.random.stateless_*: the same seed gives the same output.
 Outputs are float32 in [0, 1].
 """
 
-import dataclasses
 from typing import Dict, Tuple
 
 import tensorflow as tf
 
+from simclr.configs import BLUR_PROBABILITY
+from simclr.configs import COLOR_JITTER_PROBABILITY
+from simclr.configs import GRAYSCALE_PROBABILITY
+from simclr.configs import AugmentParams
+
 CROP_PROPORTION = 0.875  # Centre crop kept for evaluation (ImageNet standard).
-# Published values, the defaults of AugmentParams.
-AREA_RANGE = (0.08, 1.0)  # Fraction of the image area the random crop keeps.
-ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)  # Width / height of the random crop.
-COLOR_JITTER_PROBABILITY = 0.8
-GRAYSCALE_PROBABILITY = 0.2
-BLUR_PROBABILITY = 0.5
 BLUR_SIGMA_RANGE = (0.1, 2.0)
 
 # Order codes of the four colour-jitter operations.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # As tf.image.rgb_to_grayscale.
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentParams:
-  """Ranges and probabilities of the random augmentations.
-
-  The defaults are the published values (SPEC section 2), tuned for ImageNet
-  photos; small or orientation-sensitive images (e.g. digits) may want
-  larger crops and no flips.
-
-  crop_min_area: in (0, 1]; the random crop keeps a fraction of the image
-    area in [crop_min_area, 1].
-  crop_max_aspect_ratio: r >= 1; the crop's width / height lies in [1/r, r].
-  use_flip: left-right flip with probability 0.5 (False: never flipped).
-  color_jitter_probability: in [0, 1], chance that a pretraining view gets
-    the colour jitter.
-  grayscale_probability: in [0, 1], chance that a pretraining view is then
-    turned grey.
-  blur_probability: in [0, 1], chance that a pretraining view is blurred
-    (when blur is on at all).
-  """
-  crop_min_area: float = AREA_RANGE[0]
-  crop_max_aspect_ratio: float = ASPECT_RATIO_RANGE[1]
-  use_flip: bool = True
-  color_jitter_probability: float = COLOR_JITTER_PROBABILITY
-  grayscale_probability: float = GRAYSCALE_PROBABILITY
-  blur_probability: float = BLUR_PROBABILITY
-
-  @property
-  def area_range(self) -> Tuple[float, float]:
-    return (self.crop_min_area, AREA_RANGE[1])
-
-  @property
-  def aspect_ratio_range(self) -> Tuple[float, float]:
-    return (1 / self.crop_max_aspect_ratio, self.crop_max_aspect_ratio)
 
 
 PUBLISHED = AugmentParams()
