@@ -349,6 +349,9 @@ class TrainConfig:
     float32.
   eval_wait_secs: in eval mode with no checkpoint yet, how long to wait for
     one (0: fail at once).
+  deterministic: TensorFlow's op determinism and every seed set from
+    DataConfig.seed (0 when unset), so that the same command gives the same
+    weights bit for bit (slower; README, Reproducibility).
   """
   mode: str = 'train'
   train_mode: str = 'pretrain'
@@ -379,6 +382,7 @@ class TrainConfig:
   jit_compile: bool = False
   eval_name: Optional[str] = None
   eval_wait_secs: float = 0
+  deterministic: bool = False
 
   def __post_init__(self):
     self.validate()

@@ -21,8 +21,7 @@ tf.config.set_logical_device_configuration(
     _cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS)
 
 
-@pytest.fixture
-def two_replica_strategy():
+def make_two_replica_strategy():
   """MirroredStrategy over two logical CPU devices.
 
   Every MirroredStrategy of a process starts from the same collective keys;
@@ -30,6 +29,22 @@ def two_replica_strategy():
   gets its own key range (as TF's own strategy_combinations do)."""
   tf.distribute.MirroredStrategy._collective_key_base += 100000  # pylint: disable=protected-access
   return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+
+
+@pytest.fixture
+def two_replica_strategy():
+  return make_two_replica_strategy()
+
+
+@pytest.fixture(scope='session')
+def digits_dir(tmp_path_factory):
+  """A TFDS data_dir with the embedded digits prepared, shared by the whole
+  session."""
+  from simclr.data import digits  # pylint: disable=g-import-not-at-top
+  # The path tests/test_run.py's subprocesses use too.
+  path = str(tmp_path_factory.getbasetemp() / 'tfds')
+  digits.prepare(path)
+  return path
 
 
 def reference_dir(name):

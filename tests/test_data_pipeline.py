@@ -17,13 +17,6 @@ NUM_SE = 4
 NUM_TEST_DIGITS = 359
 
 
-@pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  digits_lib.prepare(path)
-  return path
-
-
 def digits_config(digits_dir, **changes):
   config = data.DataConfig(dataset='digits', data_dir=digits_dir,
                            eval_split='test', image_size=32,

@@ -17,13 +17,6 @@ from simclr import data
 from simclr.data import datasets
 
 
-@pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  data.digits.prepare(path)
-  return path
-
-
 # ------------------------------------------------------------------ digits --
 
 

@@ -93,13 +93,6 @@ def test_ids_file_has_one_id_per_line(tmp_path):
 # ------------------------------------------------ through Inputs (digits) --
 
 
-@pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  digits_lib.prepare(path)
-  return path
-
-
 DIGIT_LABELS = sk_datasets.load_digits().target
 
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 import simclr
 from simclr.models.resnet import BatchNormRelu
 from conftest import layers_in
+from conftest import make_two_replica_strategy
 
 CONFIG = simclr.ModelConfig(resnet_depth=18, width_multiplier=0.25,
                             image_size=16, num_classes=10, proj_out_dim=8,
@@ -25,8 +26,7 @@ COMPARED = ('block_group1', 'block_group2', 'block_group3', 'block_group4',
 def strategy():
   """One MirroredStrategy over the two logical CPUs for the whole module (the
   passes are computed once); its own collective keys, as in conftest."""
-  tf.distribute.MirroredStrategy._collective_key_base += 100000  # pylint: disable=protected-access
-  return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+  return make_two_replica_strategy()
 
 
 @pytest.fixture(scope='module')

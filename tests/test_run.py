@@ -40,6 +40,7 @@ def run_cli(args, env=None, check=True):
 
 
 def data_dir_flag(tmp_path_factory):
+  """The session's digits (conftest.digits_dir prepares the same path)."""
   return '--data_dir=' + str(tmp_path_factory.getbasetemp() / 'tfds')
 
 
@@ -54,6 +55,25 @@ def checkpoint_steps(model_dir):
                 state.all_model_checkpoint_paths)
 
 
+def recount_top1(model_dir, tmp_path_factory):
+  """Top-1 of the newest SavedModel in model_dir on the test digits, from its
+  logits and the labels, in numpy."""
+  from simclr import data  # pylint: disable=g-import-not-at-top
+  step = max(os.listdir(os.path.join(model_dir, 'saved_model')), key=int)
+  model = tf.saved_model.load(os.path.join(model_dir, 'saved_model', step))
+  inputs = data.Inputs(data.DataConfig(
+      dataset='digits', data_dir=data_dir_flag(tmp_path_factory).split('=')[1],
+      eval_split='test', image_size=32, eval_batch_size=128))
+  correct = total = 0
+  for images, labels, weights in inputs.dataset('eval'):
+    logits = model(images, trainable=False)['logits_sup'].numpy()
+    keep = weights.numpy() > 0
+    correct += int((logits.argmax(-1) == labels.numpy())[keep].sum())
+    total += int(keep.sum())
+  assert total == 359
+  return correct / total
+
+
 @pytest.fixture(scope='module')
 def pretrained(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp('pretrain'))
@@ -64,7 +84,8 @@ def pretrained(tmp_path_factory):
   return model_dir
 
 
-def test_pretrain_writes_checkpoints_summaries_export_and_results(pretrained):
+def test_pretrain_writes_checkpoints_summaries_export_and_results(
+    pretrained, tmp_path_factory):
   assert checkpoint_steps(pretrained) == [3, 6]
   assert os.listdir(os.path.join(pretrained, 'saved_model')) == ['6']
   assert any(f.startswith('events.out.tfevents')
@@ -74,7 +95,10 @@ def test_pretrain_writes_checkpoints_summaries_export_and_results(pretrained):
   assert result['global_step'] == 6
   # Every test digit counted once.
   assert result['eval/num_examples'] == 359
-  assert 0 <= result['eval/label_top_1_accuracy'] <= 1
+  # The reported accuracy is that of the exported model's own logits on the
+  # 359 test digits, recounted here in numpy.
+  assert result['eval/label_top_1_accuracy'] == pytest.approx(
+      recount_top1(pretrained, tmp_path_factory), abs=1e-6)
   flags = read_json(os.path.join(pretrained, 'flags.json'))
   assert flags['resnet_depth'] == 18 and flags['memory_size'] == 128
   metrics = read_json(os.path.join(pretrained, 'train_metrics.json'))
@@ -246,3 +270,28 @@ def test_two_workers_on_localhost_agree_on_the_loss(tmp_path_factory):
             ['train/total_loss'] for i in range(2)]
   assert np.isfinite(losses[0])
   assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+def test_deterministic_runs_give_identical_weights(tmp_path_factory):
+  args = [
+      '--dataset=digits', '--eval_split=test', '--image_size=16',
+      '--resnet_depth=18', '--width_multiplier=0.125',
+      '--train_batch_size=16', '--use_tpu=False', '--deterministic',
+      data_dir_flag(tmp_path_factory), '--train_mode=pretrain',
+      '--train_steps=3', '--steps_per_loop=1', '--memory_size=64',
+      '--use_flip=False', '--crop_min_area=0.3']
+  tensors = []
+  for name in ('first', 'second'):
+    model_dir = str(tmp_path_factory.mktemp(f'deterministic_{name}'))
+    run_cli(args + [f'--model_dir={model_dir}'])
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+    tensors.append({k: reader.get_tensor(k)
+                    for k in reader.get_variable_to_shape_map()
+                    if k != '_CHECKPOINTABLE_OBJECT_GRAPH'})
+    assert read_json(os.path.join(model_dir, 'flags.json'))['seed'] == 0
+  assert tensors[0].keys() == tensors[1].keys()
+  moved = 0
+  for key, value in tensors[0].items():
+    np.testing.assert_array_equal(value, tensors[1][key], err_msg=key)
+    moved += key.endswith('conv2d/kernel/.ATTRIBUTES/VARIABLE_VALUE')
+  assert moved > 10  # The model's weights are among the compared tensors.

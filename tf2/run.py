@@ -202,6 +202,10 @@ flags.DEFINE_string('variable_schema', None,
                     'Published-README compatibility (TF1 restore filter); '
                     'ignored: restoring here is strict, and the supervised '
                     'head follows --zero_init_logits_layer.')
+flags.DEFINE_bool('deterministic', False,
+                  'Reproducible runs: op determinism and every seed from '
+                  '--seed (0 when unset); the same command gives the same '
+                  'weights bit for bit, more slowly.')
 flags.DEFINE_integer('seed', None,
                      'Seed for data order and augmentation (default: '
                      'nondeterministic).')

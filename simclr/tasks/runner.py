@@ -69,6 +69,16 @@ def set_precision(precision: str):
   tf_keras.mixed_precision.set_global_policy(policy)
 
 
+def make_deterministic(configs: RunConfigs):
+  """Op determinism for the process, and the Python, numpy and TensorFlow
+  seeds (weight initialisation) reset from the data seed, which also seeds
+  the input pipelines (set to 0 when unset)."""
+  if configs.data.seed is None:
+    configs.data = configs.data.replace(seed=0)
+  tf.config.experimental.enable_op_determinism()
+  tf_keras.utils.set_random_seed(configs.data.seed)
+
+
 def write_json(path: str, value):
   """Writes aside, then renames: a reader never sees half a file."""
   with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
@@ -116,12 +126,14 @@ class Run:
       raise RunError('--model_dir: required (checkpoints, summaries and '
                      'exports are written there)')
     self.model_dir = train.model_dir
+    if train.deterministic:
+      make_deterministic(configs)
     self.flags = {}
     for config in (configs.model, configs.data, configs.optimizer, train,
                    configs.strategy):
       self.flags.update(dataclasses.asdict(config))
     self.flags.update({k: v for k, v in (flags_dict or {}).items()
-                       if _jsonable(v)})
+                       if _jsonable(v) and k not in self.flags})
     set_precision(train.precision)
     self.strategy = distribute.build_strategy(configs.strategy)
     replicas = self.strategy.num_replicas_in_sync
