@@ -193,7 +193,9 @@ class Inputs:
     else:
       dataset = self._train_dataset(mode, context)
     options = tf.data.Options()
-    options.deterministic = self.config.seed is not None
+    # Evaluation keeps the split's order (features line up with the split's
+    # ids); training batches may come in any order unless seeded.
+    options.deterministic = mode == 'eval' or self.config.seed is not None
     return dataset.with_options(options)
 
   def _train_dataset(self, mode, context):
