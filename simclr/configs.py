@@ -343,8 +343,8 @@ class TrainConfig:
     read from our files, 0 for published-format ones, which do not record it).
   distill_temperature / distill_alpha: Eq. 2 / Eq. 3 of SimCLRv2.
   linear_eval_protocol: 'cached' (features of centre crops computed once, a
-    linear classifier trained on them) or 'augmented' (crop + flip each step,
-    the published protocol).
+    logistic regression fitted to them by scikit-learn) or 'augmented' (crop
+    + flip each step, the published protocol).
   precision: Keras mixed-precision policy; losses, BN statistics, logits in
     float32.
   eval_wait_secs: in eval mode with no checkpoint yet, how long to wait for
@@ -352,6 +352,10 @@ class TrainConfig:
   deterministic: TensorFlow's op determinism and every seed set from
     DataConfig.seed (0 when unset), so that the same command gives the same
     weights bit for bit (slower; README, Reproducibility).
+  knn_eval_steps / knn_k / knn_temperature: every knn_eval_steps steps (0:
+    never) and at the last step, weighted k-NN accuracy of the encoder's
+    final_avg_pool features, the train split the bank and the eval split
+    the queries (simclr/knn.py; README, k-NN evaluation).
   """
   mode: str = 'train'
   train_mode: str = 'pretrain'
@@ -377,12 +381,14 @@ class TrainConfig:
   distill_temperature: float = 1.0
   distill_alpha: float = 1.0
   linear_eval_protocol: str = 'cached'
-  linear_eval_epochs: int = 100
   precision: str = 'float32'
   jit_compile: bool = False
   eval_name: Optional[str] = None
   eval_wait_secs: float = 0
   deterministic: bool = False
+  knn_eval_steps: int = 0
+  knn_k: int = 200
+  knn_temperature: float = 0.1
 
   def __post_init__(self):
     self.validate()
@@ -424,8 +430,12 @@ class TrainConfig:
       fail('checkpoint_epochs', '>= 1 when checkpoint_steps is 0')
     if self.keep_checkpoint_max < 1:
       fail('keep_checkpoint_max', '>= 1')
-    if self.linear_eval_epochs < 1:
-      fail('linear_eval_epochs', '>= 1')
+    if self.knn_eval_steps < 0:
+      fail('knn_eval_steps', '>= 0 (0: no k-NN evaluation)')
+    if self.knn_k < 1:
+      fail('knn_k', '>= 1')
+    if not self.knn_temperature > 0:
+      fail('knn_temperature', '> 0')
     if self.train_mode == 'linear_eval' and not self.checkpoint:
       fail('checkpoint', 'the checkpoint or SavedModel whose features '
                          'linear evaluation trains on')

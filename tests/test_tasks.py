@@ -325,3 +325,29 @@ def test_checkpoint_head_is_reused_only_on_the_layer_it_was_trained_on(
                      match='projection-head output 0 there, 1 here'):
     checkpoints.init_from_checkpoint(model, path,
                                      require_supervised_head=True)
+
+
+def test_cached_linear_eval_head_gives_the_fitted_logistic_regression():
+  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
+  from sklearn import pipeline  # pylint: disable=g-import-not-at-top
+  from sklearn import preprocessing  # pylint: disable=g-import-not-at-top
+  from simclr.models.heads import SupervisedHead  # pylint: disable=g-import-not-at-top
+  from simclr.tasks import linear_eval  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(4, 6)) * 3
+  labels = np.repeat(np.arange(4), 30)
+  # Features on very different scales and offsets, as encoder outputs are.
+  features = (centres[labels] + rng.normal(size=(120, 6))) * [
+      1, 10, 0.1, 5, 1, 100] + 50
+  head = SupervisedHead(5, False)  # Class 4 never occurs.
+  head(tf.zeros([1, 6]))
+  chosen = linear_eval.fit_linear_head(head, features, labels)
+  assert chosen in linear_eval.CACHED_INVERSE_L2
+  reference = pipeline.make_pipeline(
+      preprocessing.StandardScaler(),
+      linear_model.LogisticRegression(C=chosen, max_iter=2000)).fit(
+          features, labels)
+  logits = head(tf.constant(features, tf.float32)).numpy()
+  np.testing.assert_allclose(logits[:, :4], reference.decision_function(
+      features), rtol=1e-3, atol=1e-3)
+  assert (logits[:, 4] < logits[:, :4].min(1) - 100).all()

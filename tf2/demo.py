@@ -93,7 +93,7 @@ def stages():
           base_flags(os.path.join(out, 'linear_eval')),
           train_mode='linear_eval', mode='train_then_eval',
           checkpoint=pretrain_dir, train_batch_size=256,
-          linear_eval_epochs=100, weight_decay=0.0))]
+          weight_decay=0.0))]
   for fraction in [float(f) for f in FLAGS.label_fractions]:
     pct = f'{100 * fraction:g}pct'
     finetune_dir = os.path.join(out, f'finetune_{pct}')

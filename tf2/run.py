@@ -169,13 +169,11 @@ flags.DEFINE_string('label_subset_file', None,
                     'A file of example ids (one per line) to fine-tune on '
                     'instead of a drawn fraction.')
 flags.DEFINE_enum('linear_eval_protocol', 'cached', ['cached', 'augmented'],
-                  'linear_eval: "cached" trains a linear classifier on '
-                  'features of centre crops computed once; "augmented" '
+                  'linear_eval: "cached" fits a logistic regression '
+                  '(scikit-learn, L2 by cross-validation) to features of '
+                  'centre crops computed once; "augmented" '
                   'runs crops/flips through the frozen encoder every step '
                   'as published.')
-flags.DEFINE_integer('linear_eval_epochs', 100,
-                     'linear_eval, cached protocol: epochs over the cached '
-                     'features.')
 flags.DEFINE_enum('precision', 'float32', ['float32', 'bfloat16', 'float16'],
                   'Compute precision (Keras mixed-precision policy; losses, '
                   'BN statistics and logits stay float32).')
@@ -193,6 +191,16 @@ flags.DEFINE_integer('steps_per_loop', 0,
 flags.DEFINE_float('eval_wait_secs', 0,
                    'mode=eval: wait up to this long for new checkpoints in '
                    'model_dir (0: evaluate the latest one and stop).')
+flags.DEFINE_integer('knn_eval_steps', 0,
+                     'Every N training steps (and at the last), weighted '
+                     'k-NN accuracy of the final_avg_pool features: the '
+                     'train split is the bank, the eval split the queries '
+                     '(knn/top_1_accuracy, knn/top_5_accuracy in TensorBoard '
+                     'and train_metrics.json). 0: off.')
+flags.DEFINE_integer('knn_k', 200, 'k-NN evaluation: neighbours per query.')
+flags.DEFINE_float('knn_temperature', 0.1,
+                   'k-NN evaluation: each neighbour votes '
+                   'exp(cosine similarity / T).')
 # Accepted so that command lines from the published READMEs (written for the
 # TF1 code) run unchanged.
 flags.DEFINE_integer('train_summary_steps', 0,
