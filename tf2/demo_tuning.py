@@ -1,0 +1,199 @@
+"""`python tf2/demo.py --tune`: the validation grids that chose the demo's
+settings. Everything trains on the first 80% of the digits' train split and
+is scored on its last 20% (288 digits); the test split is never read.
+
+Each grid varies one group of settings with the others at the demo's values
+(tf2/demo.py), in the order the demo depends on them: pretraining (scored by
+linear classifiers on its frozen features with 1%, 10% and all of the
+labels), fine-tuning, the supervised baseline, distillation and the raw-pixel
+baselines. The winner of each grid is what tf2/demo.py uses; the tables go to
+<out>/tuning.md.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+
+from tf2 import demo
+
+# Candidates per grid: {name: settings that replace the demo's}.
+PRETRAIN_GRID = {
+    'demo settings': {},
+    '32x32 pixels, same time': dict(image_size=32, train_steps=150),
+    'temperature 0.2': dict(temperature=0.2),
+    'crop_min_area 0.5': dict(crop_min_area=0.5),
+    'crop_min_area 0.08 (published)': dict(crop_min_area=0.08),
+    'memory 16 steps (negatives)': dict(memory_size=16 * 2 * 128,
+                                        memory_momentum=0.99),
+}
+FINETUNE_GRID = {
+    f'lr {lr} x {n} steps': dict(learning_rate=lr, train_steps=n)
+    for lr in (0.01, 0.05, 0.2) for n in (100, 300)
+}
+SUPERVISED_GRID = {
+    f'{optimizer} lr {lr} x {n} steps': dict(optimizer=optimizer,
+                                             learning_rate=lr, train_steps=n)
+    for optimizer, lrs in (('momentum', (0.1, 0.4)), ('adam', (0.001, 0.01)))
+    for lr in lrs for n in (100, 300)
+}
+DISTILL_GRID = {
+    'tau 1, momentum lr 0.4': {},
+    'tau 0.1 (paper), momentum lr 0.4': dict(distill_temperature=0.1),
+    'tau 1, 400 steps': dict(train_steps=400),
+    'tau 1, alpha 0.5 (labels too)': dict(distill_alpha=0.5),
+}
+RAW_C = (0.1, 1.0, 10.0, 100.0)
+RAW_K = (1, 3, 5)
+
+
+def _frozen_feature_scores(pretrain_dir, pipeline, fractions):
+  """Top-1 on validation of linear classifiers on the frozen features, with
+  each label fraction's subset (as the raw-pixel baselines)."""
+  import simclr  # pylint: disable=g-import-not-at-top
+  from simclr import data  # pylint: disable=g-import-not-at-top
+  from simclr.models.heads import SupervisedHead  # pylint: disable=g-import-not-at-top
+  from simclr.tasks import linear_eval  # pylint: disable=g-import-not-at-top
+  model = simclr.load_model(pretrain_dir)
+  size = model.config.image_size
+  source = data.load_source('digits', pipeline.data_dir)
+
+  def features(split):
+    inputs = data.Inputs(data.DataConfig(
+        dataset='digits', data_dir=pipeline.data_dir, eval_split=split,
+        image_size=size, eval_batch_size=400), source=source)
+    return linear_eval.extract_features(model, inputs)
+
+  train_x, train_y = features(pipeline.train_split)
+  test_x, test_y = features(pipeline.eval_split)
+  train_ids, _ = source.ids_and_labels(pipeline.train_split)
+  scores = {}
+  for fraction in fractions:
+    keep = demo.label_subset_mask(train_ids, train_y, fraction, pipeline.seed)
+    head = SupervisedHead(10, False)
+    head(train_x[:1])
+    linear_eval.fit_linear_head(head, train_x[keep], train_y[keep])
+    scores[fraction] = float(np.mean(
+        head(test_x).numpy().argmax(-1) == test_y))
+  return scores
+
+
+def _pipeline(out, data_dir, name):
+  train_split, eval_split = demo.VALIDATION_SPLITS
+  return demo.Pipeline(0, os.path.join(out, 'tuning', name), train_split,
+                       eval_split, data_dir)
+
+
+def tune(out, data_dir, fractions):
+  started = time.time()
+  report = []
+  all_fractions = list(fractions) + [1.0]
+
+  def section(title, header, lines):
+    report.append(f'## {title}\n\n{header}\n' + '\n'.join(lines) + '\n')
+    print(report[-1], flush=True)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, 'tuning.md'), 'w') as f:
+      f.write('# Validation grids of the digits demo\n\nTrained on '
+              'train[:80%], scored on train[80%:] (288 digits), seed 0; '
+              'top-1 %.\n\n' + '\n'.join(report))
+
+  # Pretraining.
+  lines = []
+  for name, changes in PRETRAIN_GRID.items():
+    pipeline = _pipeline(out, data_dir, 'pretrain_' + name.split(' ')[0] +
+                         str(len(lines)))
+    augment = {k: changes[k] for k in demo.AUGMENT if k in changes}
+    size = changes.get('image_size', demo.IMAGE_SIZE)
+    pretrain = {k: v for k, v in changes.items()
+                if k not in augment and k != 'image_size'}
+    values = pipeline.flags('pretrain', train_mode='pretrain', mode='train',
+                            **dict(demo.PRETRAIN, **pretrain))
+    values.update(augment, image_size=size)
+    start = time.time()
+    demo.run_stage(values)
+    seconds = time.time() - start
+    scores = _frozen_feature_scores(values['model_dir'], pipeline,
+                                    all_fractions)
+    lines.append(f'| {name} | {seconds:.0f} s | ' + ' | '.join(
+        f'{100 * scores[f]:.1f}' for f in all_fractions) + ' |')
+    section('Pretraining (linear classifier on frozen features)',
+            '| candidate | time | ' + ' | '.join(
+                f'{100 * f:g}% labels' for f in all_fractions) + ' |\n|' +
+            '---|' * (len(all_fractions) + 2), lines)
+
+  # The downstream grids start from the demo's pretraining.
+  base = _pipeline(out, data_dir, 'base')
+  base_pretrain = dict(demo.PRETRAIN)
+  demo.run_stage(base.flags('pretrain', train_mode='pretrain', mode='train',
+                            **base_pretrain))
+  pretrain_dir = os.path.join(base.out, 'pretrain')
+  for title, grid, kind in (('Fine-tuning', FINETUNE_GRID, 'finetune'),
+                            ('Supervised baseline from scratch',
+                             SUPERVISED_GRID, 'supervised'),
+                            ('Distillation into the smaller student',
+                             DISTILL_GRID, 'distill')):
+    lines = []
+    for name, changes in grid.items():
+      row = []
+      for fraction in fractions:
+        pct = f'{100 * fraction:g}pct'
+        tag = f'{kind}_{pct}_{len(lines)}'
+        if kind == 'finetune':
+          values = base.flags(tag, train_mode='finetune',
+                              checkpoint=pretrain_dir,
+                              train_label_fraction=fraction,
+                              **dict(demo.FINETUNE, **changes))
+        elif kind == 'supervised':
+          values = base.flags(tag, train_mode='finetune',
+                              train_label_fraction=fraction,
+                              **dict(demo.FINETUNE, ft_proj_selector=0,
+                                     **changes))
+        else:
+          teacher = os.path.join(base.out, f'finetune_{pct}_teacher')
+          if not os.path.isdir(teacher):
+            demo.run_stage(base.flags(
+                f'finetune_{pct}_teacher', train_mode='finetune',
+                checkpoint=pretrain_dir, train_label_fraction=fraction,
+                **demo.FINETUNE))
+          values = base.flags(tag, train_mode='distill',
+                              teacher_checkpoint=teacher,
+                              train_label_fraction=fraction,
+                              **dict(demo.DISTILL, **demo.SMALL, **changes))
+        result, _ = demo.run_stage(values)
+        row.append(100 * result['eval/label_top_1_accuracy'])
+      lines.append(f'| {name} | ' + ' | '.join(f'{v:.1f}' for v in row) +
+                   ' |')
+      section(title, '| candidate | ' + ' | '.join(
+          f'{100 * f:g}% labels' for f in fractions) + ' |\n|' +
+              '---|' * (len(fractions) + 1), lines)
+
+  # Raw pixels.
+  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
+  from sklearn import neighbors  # pylint: disable=g-import-not-at-top
+  lines = []
+  for name, make in ([(f'logistic regression C={c}',
+                       lambda c=c: linear_model.LogisticRegression(
+                           C=c, max_iter=5000)) for c in RAW_C] +
+                     [(f'{k}-nearest neighbours',
+                       lambda k=k: neighbors.KNeighborsClassifier(k))
+                      for k in RAW_K]):
+    row = [_raw_score(base, fraction, make) for fraction in all_fractions]
+    lines.append(f'| {name} | ' + ' | '.join(f'{100 * v:.1f}' for v in row) +
+                 ' |')
+  section('Raw-pixel baselines', '| candidate | ' + ' | '.join(
+      f'{100 * f:g}% labels' for f in all_fractions) + ' |\n|' +
+          '---|' * (len(all_fractions) + 1), lines)
+  with open(os.path.join(out, 'tuning.json'), 'w') as f:
+    json.dump(dict(seconds=time.time() - started), f)
+
+
+def _raw_score(pipeline, fraction, make):
+  ids, x, y = demo.raw_pixels(pipeline.data_dir, pipeline.train_split)
+  _, test_x, test_y = demo.raw_pixels(pipeline.data_dir, pipeline.eval_split)
+  keep = demo.label_subset_mask(ids, y, fraction, pipeline.seed)
+  classifier = make()
+  if getattr(classifier, 'n_neighbors', 0) > keep.sum():
+    return float('nan')
+  return float(classifier.fit(x[keep], y[keep]).score(test_x, test_y))
