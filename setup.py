@@ -16,6 +16,9 @@ setuptools.setup(
         'absl-py',
         # hub.KerasLayer on tf_keras under TF >= 2.16 (exports, colabs).
         'tensorflow-hub>=0.16',
+        # tensorflow-datasets finds a builder's code through it (the embedded
+        # digits builder) but does not always install it.
+        'importlib_resources',
         # Bundles the UCI handwritten digits used as the embedded dataset.
         'scikit-learn',
         # Upsamples the embedded digits; draws tf2/show_augmentations.py.
@@ -34,6 +37,9 @@ setuptools.setup(
         'console_scripts': [
             'simclr-run=tf2.run:run_main',
             'simclr-model-zoo=tf2.model_zoo:run',
+            'simclr-knn=tf2.knn_eval:run_main',
+            'simclr-extract=tf2.extract_features:run_main',
+            'simclr-embedding=tf2.show_embedding:run_main',
         ],
     },
 )

@@ -126,6 +126,9 @@ class Pipeline:
         eval_batch_size=400, steps_per_loop=50, mode='train_then_eval',
         model_dir=os.path.join(self.out, name), **TEACHER, **AUGMENT)
     base.update(values)
+    # One checkpoint, at the end (an epoch of 1% of the digits is less than
+    # a batch: the published default of one per epoch would save every step).
+    base.setdefault('checkpoint_steps', base.get('train_steps', 0))
     return base
 
   def add(self, method, arch, fraction, result, params):

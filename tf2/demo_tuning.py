@@ -24,25 +24,24 @@ PRETRAIN_GRID = {
     '32x32 pixels, same time': dict(image_size=32, train_steps=150),
     'temperature 0.2': dict(temperature=0.2),
     'crop_min_area 0.5': dict(crop_min_area=0.5),
-    'crop_min_area 0.08 (published)': dict(crop_min_area=0.08),
-    'memory 16 steps (negatives)': dict(memory_size=16 * 2 * 128,
-                                        memory_momentum=0.99),
+    'memory of 16 steps (negatives)': dict(memory_size=16 * 2 * 128,
+                                           memory_momentum=0.99),
 }
 FINETUNE_GRID = {
     f'lr {lr} x {n} steps': dict(learning_rate=lr, train_steps=n)
-    for lr in (0.01, 0.05, 0.2) for n in (100, 300)
+    for lr, n in ((0.05, 100), (0.2, 100), (1.0, 100), (0.2, 300))
 }
 SUPERVISED_GRID = {
     f'{optimizer} lr {lr} x {n} steps': dict(optimizer=optimizer,
                                              learning_rate=lr, train_steps=n)
-    for optimizer, lrs in (('momentum', (0.1, 0.4)), ('adam', (0.001, 0.01)))
-    for lr in lrs for n in (100, 300)
+    for optimizer, lr, n in (('momentum', 0.4, 200), ('momentum', 1.6, 200),
+                             ('adam', 0.01, 200), ('adam', 0.01, 600))
 }
 DISTILL_GRID = {
-    'tau 1, momentum lr 0.4': {},
-    'tau 0.1 (paper), momentum lr 0.4': dict(distill_temperature=0.1),
-    'tau 1, 400 steps': dict(train_steps=400),
-    'tau 1, alpha 0.5 (labels too)': dict(distill_alpha=0.5),
+    'demo settings': {},
+    'tau 0.1 (the paper\'s for fine-tuned teachers)': dict(
+        distill_temperature=0.1),
+    'alpha 0.5 (the subset\'s labels too)': dict(distill_alpha=0.5),
 }
 RAW_C = (0.1, 1.0, 10.0, 100.0)
 RAW_K = (1, 3, 5)

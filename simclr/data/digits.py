@@ -17,7 +17,6 @@ Features: 'image' uint8 [32, 32, 3] (white strokes on black), 'label' 0..9,
 
 import functools
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -71,13 +70,6 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS's default lookup goes through importlib_resources, which
-    # tensorflow-datasets does not always install; this file is the answer.
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
