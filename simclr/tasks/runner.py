@@ -25,6 +25,7 @@ from simclr import checkpoints
 from simclr import compat
 from simclr import data as data_lib
 from simclr import distribute
+from simclr import knn as knn_lib
 from simclr import optimization
 from simclr.configs import RunConfigs
 from simclr.configs import configs_from_values
@@ -147,7 +148,25 @@ class Run:
     self.task = TASKS[train.train_mode](configs, self.inputs.num_classes,
                                         self.inputs)
     self.task.check()
+    # The last k-NN values of training (knn_lib.KnnMonitor), for the results.
+    self.knn_metrics = {}
+    if train.knn_eval_steps:
+      self._check_knn_settings()
     tf.io.gfile.makedirs(self.model_dir)
+
+  def _check_knn_settings(self):
+    """Refuses now what would stop the first k-NN evaluation mid-run."""
+    data, train = self.configs.data, self.configs.train
+    if not self.inputs.num_classes:
+      raise RunError(f'--knn_eval_steps: --dataset={data.dataset} has no '
+                     f'labels for the k-NN bank')
+    bank = self.inputs.num_examples(data.train_split)
+    if train.knn_k > bank:
+      raise RunError(f'--knn_k={train.knn_k}: more than the {bank} examples '
+                     f'of --train_split={data.train_split} (the k-NN bank)')
+    if not self.inputs.num_eval_examples:
+      raise RunError(f'--knn_eval_steps: --eval_split={data.eval_split} is '
+                     f'empty (the k-NN queries)')
 
   # -- state ----------------------------------------------------------------
 
@@ -240,14 +259,23 @@ class Run:
         state.global_step, schedule.train_steps,
         configs.data.train_batch_size * self.task.views)
     watcher = actions.PreemptionWatcher(manager, state.global_step)
+    train_actions = [progress, actions.CheckpointSaver(
+        manager, state.global_step, schedule.checkpoint_steps), watcher]
+    knn_monitor = None
+    if train.knn_eval_steps:
+      knn_monitor = knn_lib.KnnMonitor(
+          state.model, configs.data, self.strategy, state.global_step,
+          train.knn_eval_steps, schedule.train_steps, self.model_dir,
+          k=train.knn_k, temperature=train.knn_temperature,
+          source=self.inputs.source)
+      train_actions.insert(1, knn_monitor)
     controller = orbit.Controller(
         strategy=self.strategy, trainer=trainer,
         global_step=state.global_step,
         steps_per_loop=schedule.steps_per_loop,
         summary_interval=schedule.steps_per_loop,
         summary_dir=self.model_dir,
-        train_actions=[progress, actions.CheckpointSaver(
-            manager, state.global_step, schedule.checkpoint_steps), watcher])
+        train_actions=train_actions)
     start = int(state.global_step.numpy())
     logging.info(
         'Training %s: %d examples, steps %d -> %d, checkpoint every %d, %d '
@@ -267,9 +295,11 @@ class Run:
           raise
         raise NonFiniteLossError(message) from None
     actions.save_checkpoint(manager, int(state.global_step.numpy()))
+    if knn_monitor is not None:
+      self.knn_metrics = knn_monitor.last_metrics
     # The last loop's training metrics, e.g. to compare workers or runs.
     write_json(os.path.join(self.model_dir, 'train_metrics.json'),
-               progress.last_output)
+               dict(progress.last_output, **self.knn_metrics))
 
   # -- evaluation -----------------------------------------------------------
 
@@ -280,7 +310,12 @@ class Run:
     if model.supervised_head is None:
       logging.info('Skipping eval: the model has no supervised head '
                    '(pretraining without lineareval_while_pretraining).')
-      return None
+      if not self.knn_metrics:
+        return None
+      result = dict(self.knn_metrics, global_step=step)
+      write_json(os.path.join(self.model_dir, 'result.json'), result)
+      write_json(os.path.join(self.model_dir, f'result_{step}.json'), result)
+      return result
     dataset = self.inputs.distributed_dataset(self.strategy, 'eval')
     evaluator = evaluator_lib.ClassificationEvaluator(
         model, dataset, self.strategy, self.configs.optimizer)
@@ -295,6 +330,7 @@ class Run:
         if key != 'global_step':
           tf.summary.scalar(key, value, step=step)
     writer.flush()
+    result.update(self.knn_metrics)  # Their TensorBoard scalars are train's.
     write_json(os.path.join(self.model_dir, 'result.json'), result)
     write_json(os.path.join(self.model_dir, f'result_{step}.json'), result)
     write_json(os.path.join(self.model_dir, 'flags.json'), self.flags)
