@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from tf2 import demo
+# The running tf2/demo.py module (its settings and Pipeline), set by tune().
+demo = None
 
 # Candidates per grid: {name: settings that replace the demo's}.
 PRETRAIN_GRID = {
@@ -28,17 +29,26 @@ PRETRAIN_GRID = {
                                            memory_momentum=0.99),
 }
 FINETUNE_GRID = {
-    f'lr {lr} x {n} steps': dict(learning_rate=lr, train_steps=n)
-    for lr, n in ((0.05, 100), (0.2, 100), (1.0, 100), (0.2, 300))
+    'momentum lr 0.01, whole digits (demo)': {},
+    'momentum lr 0.01, crops >= 30%': dict(crop_min_area=0.3),
+    'momentum lr 0.05, whole digits': dict(learning_rate=0.05),
+    'LARS lr 0.005 x sqrt(batch) (paper), whole digits': dict(
+        optimizer='lars', learning_rate=0.005, learning_rate_scaling='sqrt'),
 }
 SUPERVISED_GRID = {
-    f'{optimizer} lr {lr} x {n} steps': dict(optimizer=optimizer,
-                                             learning_rate=lr, train_steps=n)
-    for optimizer, lr, n in (('momentum', 0.4, 200), ('momentum', 1.6, 200),
-                             ('adam', 0.01, 200), ('adam', 0.01, 600))
+    'momentum lr 0.4 x 200 steps': dict(optimizer='momentum',
+                                         learning_rate=0.4, train_steps=200),
+    'adam lr 0.01 x 200 steps': dict(optimizer='adam', learning_rate=0.01,
+                                      train_steps=200),
+    'adam lr 0.01 x 600 steps': dict(optimizer='adam', learning_rate=0.01,
+                                      train_steps=600),
+    'adam lr 0.01 x 600 steps, crops >= 30%': dict(
+        optimizer='adam', learning_rate=0.01, train_steps=600,
+        crop_min_area=0.3),
 }
 DISTILL_GRID = {
-    'demo settings': {},
+    'tau 1, crops >= 30% (demo)': {},
+    'tau 1, whole digits': dict(crop_min_area=1.0),
     'tau 0.1 (the paper\'s for fine-tuned teachers)': dict(
         distill_temperature=0.1),
     'alpha 0.5 (the subset\'s labels too)': dict(distill_alpha=0.5),
@@ -78,13 +88,25 @@ def _frozen_feature_scores(pretrain_dir, pipeline, fractions):
   return scores
 
 
+def _teacher(base, pretrain_dir, fraction):
+  """(model_dir, validation top-1) of the demo's fine-tuned teacher."""
+  result, _ = demo.run_stage(base.flags(
+      f'teacher_{100 * fraction:g}pct', train_mode='finetune',
+      checkpoint=pretrain_dir, train_label_fraction=fraction,
+      **demo.FINETUNE))
+  return (os.path.join(base.out, f'teacher_{100 * fraction:g}pct'),
+          result['eval/label_top_1_accuracy'])
+
+
 def _pipeline(out, data_dir, name):
   train_split, eval_split = demo.VALIDATION_SPLITS
   return demo.Pipeline(0, os.path.join(out, 'tuning', name), train_split,
                        eval_split, data_dir)
 
 
-def tune(out, data_dir, fractions):
+def tune(demo_module, out, data_dir, fractions):
+  global demo
+  demo = demo_module
   started = time.time()
   report = []
   all_fractions = list(fractions) + [1.0]
@@ -131,42 +153,47 @@ def tune(out, data_dir, fractions):
   for title, grid, kind in (('Fine-tuning', FINETUNE_GRID, 'finetune'),
                             ('Supervised baseline from scratch',
                              SUPERVISED_GRID, 'supervised'),
-                            ('Distillation into the smaller student',
-                             DISTILL_GRID, 'distill')):
+                            ('Distillation: self-distilled student, then the '
+                             'smaller one', DISTILL_GRID, 'distill')):
     lines = []
+    columns = [f'{100 * f:g}% labels' for f in fractions]
+    if kind == 'distill':
+      columns = [f'{who} {c}' for who in ('self', 'small') for c in columns]
+      teachers = [_teacher(base, pretrain_dir, f) for f in fractions]
+      lines.append('| the fine-tuned teachers | ' + ' | '.join(
+          f'{100 * t[1]:.1f}' for t in teachers * 2) + ' |')
     for name, changes in grid.items():
       row = []
-      for fraction in fractions:
-        pct = f'{100 * fraction:g}pct'
-        tag = f'{kind}_{pct}_{len(lines)}'
-        if kind == 'finetune':
-          values = base.flags(tag, train_mode='finetune',
-                              checkpoint=pretrain_dir,
-                              train_label_fraction=fraction,
-                              **dict(demo.FINETUNE, **changes))
-        elif kind == 'supervised':
-          values = base.flags(tag, train_mode='finetune',
-                              train_label_fraction=fraction,
-                              **dict(demo.FINETUNE, ft_proj_selector=0,
-                                     **changes))
-        else:
-          teacher = os.path.join(base.out, f'finetune_{pct}_teacher')
-          if not os.path.isdir(teacher):
-            demo.run_stage(base.flags(
-                f'finetune_{pct}_teacher', train_mode='finetune',
-                checkpoint=pretrain_dir, train_label_fraction=fraction,
-                **demo.FINETUNE))
-          values = base.flags(tag, train_mode='distill',
-                              teacher_checkpoint=teacher,
-                              train_label_fraction=fraction,
-                              **dict(demo.DISTILL, **demo.SMALL, **changes))
-        result, _ = demo.run_stage(values)
-        row.append(100 * result['eval/label_top_1_accuracy'])
+      for student in (('self', 'small') if kind == 'distill' else ('',)):
+        for i, fraction in enumerate(fractions):
+          tag = f'{kind}{student}_{100 * fraction:g}pct_{len(lines)}'
+          if kind == 'finetune':
+            values = base.flags(tag, train_mode='finetune',
+                                checkpoint=pretrain_dir,
+                                train_label_fraction=fraction,
+                                **dict(demo.FINETUNE, **changes))
+          elif kind == 'supervised':
+            values = base.flags(tag, train_mode='finetune',
+                                train_label_fraction=fraction,
+                                **dict(demo.FINETUNE, ft_proj_selector=0,
+                                       **changes))
+          elif student == 'self':
+            values = base.flags(tag, train_mode='distill',
+                                teacher_checkpoint=teachers[i][0],
+                                checkpoint=pretrain_dir,
+                                train_label_fraction=fraction,
+                                **dict(demo.DISTILL, **changes))
+          else:
+            values = base.flags(tag, train_mode='distill',
+                                teacher_checkpoint=teachers[i][0],
+                                train_label_fraction=fraction,
+                                **dict(demo.DISTILL, **demo.SMALL, **changes))
+          result, _ = demo.run_stage(values)
+          row.append(100 * result['eval/label_top_1_accuracy'])
       lines.append(f'| {name} | ' + ' | '.join(f'{v:.1f}' for v in row) +
                    ' |')
-      section(title, '| candidate | ' + ' | '.join(
-          f'{100 * f:g}% labels' for f in fractions) + ' |\n|' +
-              '---|' * (len(fractions) + 1), lines)
+      section(title, '| candidate | ' + ' | '.join(columns) + ' |\n|' +
+              '---|' * (len(columns) + 1), lines)
 
   # Raw pixels.
   from sklearn import linear_model  # pylint: disable=g-import-not-at-top
