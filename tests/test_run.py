@@ -295,3 +295,21 @@ def test_deterministic_runs_give_identical_weights(tmp_path_factory):
     np.testing.assert_array_equal(value, tensors[1][key], err_msg=key)
     moved += key.endswith('conv2d/kernel/.ATTRIBUTES/VARIABLE_VALUE')
   assert moved > 10  # The model's weights are among the compared tensors.
+
+
+def test_cached_linear_eval_of_the_pretrained_encoder(pretrained,
+                                                      tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp('linear_eval'))
+  run_cli(COMMON + [
+      data_dir_flag(tmp_path_factory), '--train_mode=linear_eval',
+      '--mode=train_then_eval', f'--checkpoint={pretrained}',
+      f'--model_dir={model_dir}'])
+  result = read_json(os.path.join(model_dir, 'result.json'))
+  assert result['global_step'] == 1  # One fit.
+  assert result['eval/label_top_1_accuracy'] == pytest.approx(
+      recount_top1(model_dir, tmp_path_factory), abs=1e-6)
+  # The encoder is the pretrained one, untouched.
+  before = simclr.load_model(pretrained).resnet
+  after = simclr.load_model(model_dir).resnet
+  for a, b in zip(before.variables, after.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())

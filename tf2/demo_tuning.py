@@ -62,21 +62,17 @@ def _frozen_feature_scores(pretrain_dir, pipeline, fractions):
   each label fraction's subset (as the raw-pixel baselines)."""
   import simclr  # pylint: disable=g-import-not-at-top
   from simclr import data  # pylint: disable=g-import-not-at-top
+  from simclr import features as features_lib  # pylint: disable=g-import-not-at-top
   from simclr.models.heads import SupervisedHead  # pylint: disable=g-import-not-at-top
   from simclr.tasks import linear_eval  # pylint: disable=g-import-not-at-top
   model = simclr.load_model(pretrain_dir)
-  size = model.config.image_size
-  source = data.load_source('digits', pipeline.data_dir)
-
-  def features(split):
-    inputs = data.Inputs(data.DataConfig(
-        dataset='digits', data_dir=pipeline.data_dir, eval_split=split,
-        image_size=size, eval_batch_size=400), source=source)
-    return linear_eval.extract_features(model, inputs)
-
-  train_x, train_y = features(pipeline.train_split)
-  test_x, test_y = features(pipeline.eval_split)
-  train_ids, _ = source.ids_and_labels(pipeline.train_split)
+  config = data.DataConfig(dataset='digits', data_dir=pipeline.data_dir,
+                           image_size=model.config.image_size,
+                           eval_batch_size=400)
+  train_x, train_y, train_ids = features_lib.extract_features(
+      model, config, pipeline.train_split)
+  test_x, test_y, _ = features_lib.extract_features(model, config,
+                                                    pipeline.eval_split)
   scores = {}
   for fraction in fractions:
     keep = demo.label_subset_mask(train_ids, train_y, fraction, pipeline.seed)

@@ -17,11 +17,10 @@ from typing import List, Optional
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 from simclr import checkpoints
+from simclr import features as features_lib
 from simclr.configs import ModelConfig
-from simclr.data import Inputs
 from simclr.tasks.base import RunError
 from simclr.tasks.base import StepTerms
 from simclr.tasks.base import Task
@@ -73,10 +72,8 @@ class LinearEvalTask(Task):
     if int(state.global_step.numpy()) > 0:
       return int(state.global_step.numpy())  # Restored a finished fit.
     data = self.configs.data
-    train_inputs = Inputs(data.replace(eval_split=data.train_split,
-                                       model_dir=None),
-                          source=self.inputs.source)
-    features, labels = extract_features(state.model, train_inputs)
+    features, labels, _ = features_lib.extract_features(
+        state.model, data, data.train_split, source=self.inputs.source)
     logging.info('linear eval: fitting %d cached training features of '
                  'width %d', len(features), features.shape[1])
     inverse_l2 = fit_linear_head(state.model.supervised_head, features,
@@ -85,22 +82,6 @@ class LinearEvalTask(Task):
                  'cross-validation', inverse_l2)
     state.global_step.assign(1)  # One fit.
     return 1
-
-
-def extract_features(model, inputs: Inputs):
-  """(features float32 [N, D], labels int32 [N]) of inputs' eval split, each
-  example exactly once, inference mode."""
-  features, labels = [], []
-
-  @tf.function
-  def encode(images):
-    return model(images, training=False)['final_avg_pool']
-
-  for images, batch_labels, weights in inputs.dataset('eval'):
-    keep = weights.numpy() > 0
-    features.append(encode(images).numpy()[keep])
-    labels.append(batch_labels.numpy()[keep])
-  return np.concatenate(features), np.concatenate(labels).astype(np.int32)
 
 
 def fit_linear_head(head, features, labels, seed: int = 0) -> float:
