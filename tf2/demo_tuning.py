@@ -89,7 +89,8 @@ def _teacher(base, pretrain_dir, fraction):
   result, _ = demo.run_stage(base.flags(
       f'teacher_{100 * fraction:g}pct', train_mode='finetune',
       checkpoint=pretrain_dir, train_label_fraction=fraction,
-      **demo.FINETUNE))
+      **dict(demo.FINETUNE,
+             train_steps=demo.steps(demo.FINETUNE['train_steps']))))
   return (os.path.join(base.out, f'teacher_{100 * fraction:g}pct'),
           result['eval/label_top_1_accuracy'])
 
@@ -127,7 +128,9 @@ def tune(demo_module, out, data_dir, fractions):
                 if k not in augment and k != 'image_size'}
     values = pipeline.flags('pretrain', train_mode='pretrain', mode='train',
                             **dict(demo.PRETRAIN, **pretrain))
-    values.update(augment, image_size=size)
+    values.update(augment, image_size=size,
+                  train_steps=demo.steps(values['train_steps']))
+    values['checkpoint_steps'] = values['train_steps']
     start = time.time()
     demo.run_stage(values)
     seconds = time.time() - start
@@ -142,7 +145,8 @@ def tune(demo_module, out, data_dir, fractions):
 
   # The downstream grids start from the demo's pretraining.
   base = _pipeline(out, data_dir, 'base')
-  base_pretrain = dict(demo.PRETRAIN)
+  base_pretrain = dict(demo.PRETRAIN,
+                       train_steps=demo.steps(demo.PRETRAIN['train_steps']))
   demo.run_stage(base.flags('pretrain', train_mode='pretrain', mode='train',
                             **base_pretrain))
   pretrain_dir = os.path.join(base.out, 'pretrain')
@@ -184,6 +188,8 @@ def tune(demo_module, out, data_dir, fractions):
                                 teacher_checkpoint=teachers[i][0],
                                 train_label_fraction=fraction,
                                 **dict(demo.DISTILL, **demo.SMALL, **changes))
+          values['train_steps'] = demo.steps(values['train_steps'])
+          values['checkpoint_steps'] = values['train_steps']
           result, _ = demo.run_stage(values)
           row.append(100 * result['eval/label_top_1_accuracy'])
       lines.append(f'| {name} | ' + ' | '.join(f'{v:.1f}' for v in row) +
