@@ -25,8 +25,10 @@ the last 20% validate), never on the test split. Runs are deterministic
 Every step's model_dir stays in demo_out/seed<N>/ (checkpoints, TensorBoard
 events, SavedModels). The table goes to demo_out/results.md and
 demo_out/results.json (every row of every seed, and the summary), the
-label-efficiency plot to demo_out/label_efficiency.png, the augmentation
-picture to demo_out/augmentations.png.
+label-efficiency plot to demo_out/label_efficiency.png, the embedding of the
+test digits (pretrained encoder, raw pixels, random encoder) to
+demo_out/embedding.png, the augmentation picture to
+demo_out/augmentations.png.
 """
 
 import json
@@ -346,6 +348,28 @@ def plot(summary, path):
   plt.close(fig)
 
 
+def draw_embedding(seed_dir, out, data_dir):
+  """demo_out/embedding.png: the test digits as seen by the pretrained
+  encoder, by the raw pixels and by the random encoder, side by side."""
+  import simclr  # pylint: disable=g-import-not-at-top
+  from simclr import data  # pylint: disable=g-import-not-at-top
+  from simclr import features as features_lib  # pylint: disable=g-import-not-at-top
+  from tf2 import show_embedding  # pylint: disable=g-import-not-at-top
+  config = data.DataConfig(dataset='digits', data_dir=data_dir,
+                           image_size=IMAGE_SIZE, eval_batch_size=400)
+  panels = []
+  for title, path in (('pretrained encoder (SimCLR)',
+                       os.path.join(seed_dir, 'pretrain')),
+                      ('random encoder', os.path.join(seed_dir,
+                                                      'random_encoder'))):
+    feature_set = features_lib.extract_features(simclr.load_model(path),
+                                                config, TEST_SPLIT)
+    panels.append((title, feature_set.features, feature_set.labels))
+  _, pixels, labels = raw_pixels(data_dir, TEST_SPLIT)
+  panels.insert(1, ('raw 8x8 pixels', pixels, labels))
+  show_embedding.draw_embeddings(panels, os.path.join(out, 'embedding.png'))
+
+
 def draw_augmentations(out):
   import subprocess  # pylint: disable=g-import-not-at-top
   augment_flags = [f'--{k}={v}' for k, v in AUGMENT.items()]
@@ -376,10 +400,14 @@ def main(argv):
                         TEST_SPLIT, FLAGS.data_dir)
     rows += pipeline.run(fractions)
     write_outputs(rows, out, time.time() - started)
-  try:
-    draw_augmentations(out)
-  except Exception as e:  # pylint: disable=broad-except
-    logging.warning('augmentation picture not drawn: %s', e)
+  first_seed_dir = os.path.join(out, f'seed{int(FLAGS.seeds[0])}')
+  for name, draw in (('embedding', lambda: draw_embedding(
+      first_seed_dir, out, FLAGS.data_dir)), ('augmentation',
+                                              lambda: draw_augmentations(out))):
+    try:
+      draw()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('%s picture not drawn: %s', name, e)
   print(f'demo finished in {time.time() - started:.0f}s; outputs in {out}',
         flush=True)
 
