@@ -78,7 +78,10 @@ def _frozen_feature_scores(pretrain_dir, pipeline, fractions):
     keep = demo.label_subset_mask(train_ids, train_y, fraction, pipeline.seed)
     head = SupervisedHead(10, False)
     head(train_x[:1])
-    linear_eval.fit_linear_head(head, train_x[keep], train_y[keep])
+    # Only the subset's labels; the standardisation may use every training
+    # image (they are all available, unlabeled).
+    linear_eval.fit_linear_head(head, train_x[keep], train_y[keep],
+                                unlabeled_features=train_x)
     scores[fraction] = float(np.mean(
         head(test_x).numpy().argmax(-1) == test_y))
   return scores

@@ -84,28 +84,39 @@ class LinearEvalTask(Task):
     return 1
 
 
-def fit_linear_head(head, features, labels, seed: int = 0) -> float:
+def fit_linear_head(head, features, labels, seed: int = 0,
+                    unlabeled_features=None) -> float:
   """Sets `head` (a SupervisedHead of C classes) to the multinomial logistic
   regression of labels int [N] in 0..C-1 on features float [N, D], fitted by
   scikit-learn on standardised features with the inverse L2 strength that
-  5-fold cross-validation on (features, labels) prefers among
-  CACHED_INVERSE_L2. head(x) then gives that classifier's logits on raw
-  features x (the standardisation folded into kernel and bias); classes
-  absent from `labels` get a zero kernel and a bias far below the others.
-  Returns the chosen inverse L2 strength."""
+  up-to-5-fold stratified cross-validation on (features, labels) prefers
+  among CACHED_INVERSE_L2 (scikit-learn's default, 1, when some class has
+  fewer than 2 examples: no fold could then hold it out). The mean and scale
+  of the standardisation come from `unlabeled_features` when given (e.g. the
+  whole split when only a few examples are labeled), else from `features`.
+  head(x) then gives that classifier's logits on raw features x (the
+  standardisation folded into kernel and bias); classes absent from `labels`
+  get a zero kernel and a bias far below the others. Returns the inverse L2
+  strength used."""
   from sklearn import linear_model  # pylint: disable=g-import-not-at-top
   from sklearn import model_selection  # pylint: disable=g-import-not-at-top
   from sklearn import preprocessing  # pylint: disable=g-import-not-at-top
   num_classes = head.dense.units
-  scaler = preprocessing.StandardScaler().fit(features)
-  folds = model_selection.StratifiedKFold(
-      max(2, int(min(5, np.bincount(labels)[np.unique(labels)].min()))),
-      shuffle=True, random_state=seed)
-  search = model_selection.GridSearchCV(
-      linear_model.LogisticRegression(max_iter=2000),
-      {'C': list(CACHED_INVERSE_L2)}, cv=folds).fit(
-          scaler.transform(features), labels)
-  classifier = search.best_estimator_
+  scaler = preprocessing.StandardScaler().fit(
+      features if unlabeled_features is None else unlabeled_features)
+  smallest_class = int(np.bincount(labels)[np.unique(labels)].min())
+  if smallest_class >= 2:
+    folds = model_selection.StratifiedKFold(
+        min(5, smallest_class), shuffle=True, random_state=seed)
+    search = model_selection.GridSearchCV(
+        linear_model.LogisticRegression(max_iter=2000),
+        {'C': list(CACHED_INVERSE_L2)}, cv=folds).fit(
+            scaler.transform(features), labels)
+    classifier, inverse_l2 = search.best_estimator_, search.best_params_['C']
+  else:
+    inverse_l2 = 1.0
+    classifier = linear_model.LogisticRegression(max_iter=2000).fit(
+        scaler.transform(features), labels)
   coef, intercept = classifier.coef_, classifier.intercept_
   if len(classifier.classes_) == 2:  # sklearn keeps one row for 2 classes.
     coef = np.concatenate([np.zeros_like(coef), coef])
@@ -118,4 +129,4 @@ def fit_linear_head(head, features, labels, seed: int = 0) -> float:
                                            scaler.scale_).sum(1)
   head.dense.kernel.assign(kernel.astype(np.float32))
   head.dense.bias.assign(bias.astype(np.float32))
-  return float(search.best_params_['C'])
+  return float(inverse_l2)
