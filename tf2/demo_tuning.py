@@ -137,6 +137,8 @@ def tune(demo_module, out, data_dir, fractions):
     start = time.time()
     demo.run_stage(values)
     seconds = time.time() - start
+    if not changes:
+      demo_pretrain_dir = values['model_dir']
     scores = _frozen_feature_scores(values['model_dir'], pipeline,
                                     all_fractions)
     lines.append(f'| {name} | {seconds:.0f} s | ' + ' | '.join(
@@ -146,13 +148,10 @@ def tune(demo_module, out, data_dir, fractions):
                 f'{100 * f:g}% labels' for f in all_fractions) + ' |\n|' +
             '---|' * (len(all_fractions) + 2), lines)
 
-  # The downstream grids start from the demo's pretraining.
+  # The downstream grids start from the demo's pretraining (the grid's first
+  # candidate).
   base = _pipeline(out, data_dir, 'base')
-  base_pretrain = dict(demo.PRETRAIN,
-                       train_steps=demo.steps(demo.PRETRAIN['train_steps']))
-  demo.run_stage(base.flags('pretrain', train_mode='pretrain', mode='train',
-                            **base_pretrain))
-  pretrain_dir = os.path.join(base.out, 'pretrain')
+  pretrain_dir = demo_pretrain_dir
   for title, grid, kind in (('Fine-tuning', FINETUNE_GRID, 'finetune'),
                             ('Supervised baseline from scratch',
                              SUPERVISED_GRID, 'supervised'),
