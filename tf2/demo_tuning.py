@@ -134,17 +134,16 @@ def tune(demo_module, out, data_dir, fractions):
     values.update(augment, image_size=size,
                   train_steps=demo.steps(values['train_steps']))
     values['checkpoint_steps'] = values['train_steps']
-    start = time.time()
     demo.run_stage(values)
-    seconds = time.time() - start
     if not changes:
       demo_pretrain_dir = values['model_dir']
     scores = _frozen_feature_scores(values['model_dir'], pipeline,
                                     all_fractions)
-    lines.append(f'| {name} | {seconds:.0f} s | ' + ' | '.join(
+    lines.append(f'| {name} | {values["train_steps"]} x {size}x{size} | ' +
+                 ' | '.join(
         f'{100 * scores[f]:.1f}' for f in all_fractions) + ' |')
     section('Pretraining (linear classifier on frozen features)',
-            '| candidate | time | ' + ' | '.join(
+            '| candidate | steps x image | ' + ' | '.join(
                 f'{100 * f:g}% labels' for f in all_fractions) + ' |\n|' +
             '---|' * (len(all_fractions) + 2), lines)
 
