@@ -2,6 +2,7 @@
 command lines tf2/extract_features.py and tf2/show_embedding.py."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -198,7 +199,12 @@ def test_extract_then_show_embedding_end_to_end(digits_dir, tmp_path):
                                           f'--out={png}', '--method=pca'])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-  assert f'k-NN top-1 {top1:.4f} (leave-one-out)' in proc.stdout
+  printed = re.search(r'k-NN top-1 ([0-9.]+) \(leave-one-out\)', proc.stdout)
+  assert printed, proc.stdout
+  # An untrained encoder's features are nearly parallel (cosines ~0.998):
+  # float32 against float64 may order a tie at the k-th neighbour
+  # differently and move one query of the 359.
+  assert abs(float(printed.group(1)) - top1) <= 1 / 359 + 1e-9
 
 
 @pytest.mark.parametrize('flag, args', [

@@ -85,11 +85,13 @@ FINETUNE = dict(
     train_batch_size=64, train_steps=100, optimizer='momentum',
     learning_rate=0.01, learning_rate_scaling='linear', warmup_epochs=0,
     weight_decay=0.0, ft_proj_selector=1, crop_min_area=1.0)
-# The supervised baseline from scratch: optimiser, learning rate and steps
-# per label fraction.
+# The supervised baseline from scratch: optimiser, learning rate, steps and
+# crops per label fraction (crops helped it at 1%, whole digits at 10%).
 SUPERVISED = {
-    0.01: dict(optimizer='adam', learning_rate=0.01, train_steps=600),
-    0.1: dict(optimizer='adam', learning_rate=0.01, train_steps=600),
+    0.01: dict(optimizer='adam', learning_rate=0.01, train_steps=600,
+               crop_min_area=0.3),
+    0.1: dict(optimizer='adam', learning_rate=0.01, train_steps=600,
+              crop_min_area=1.0),
 }
 DISTILL = dict(
     train_batch_size=64, train_steps=200, optimizer='momentum',
