@@ -8,6 +8,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import contextlib  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
@@ -67,3 +68,15 @@ def layers_in(dtype):
     yield
   finally:
     tf_keras.backend.set_floatx(floatx)
+
+
+def numpy_gradient(loss_fn, x, step=1e-6):
+  """Central finite differences of a float64 numpy function."""
+  x = np.asarray(x, np.float64)
+  gradient = np.zeros_like(x)
+  for index in np.ndindex(x.shape):
+    plus, minus = x.copy(), x.copy()
+    plus[index] += step
+    minus[index] -= step
+    gradient[index] = (loss_fn(plus) - loss_fn(minus)) / (2 * step)
+  return gradient

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from simclr import losses
+from conftest import numpy_gradient
 
 NUM_IMAGES = 8  # global batch N: 16 views
 DIM = 6
@@ -27,18 +28,6 @@ def numpy_nt_xent(hidden, temperature, hidden_norm=True):
     log_denominator = others.max() + np.log(np.exp(others - others.max()).sum())
     per_anchor.append(log_denominator - similarity[i, positive])
   return np.mean(per_anchor)
-
-
-def numpy_gradient(loss_fn, x, step=1e-6):
-  """Central finite differences of a float64 numpy function."""
-  x = np.asarray(x, np.float64)
-  gradient = np.zeros_like(x)
-  for index in np.ndindex(x.shape):
-    plus, minus = x.copy(), x.copy()
-    plus[index] += step
-    minus[index] -= step
-    gradient[index] = (loss_fn(plus) - loss_fn(minus)) / (2 * step)
-  return gradient
 
 
 def random_hidden(seed=0, num_images=NUM_IMAGES, dim=DIM):

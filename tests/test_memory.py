@@ -11,6 +11,7 @@ import simclr
 from simclr import losses
 from simclr.models import momentum
 from conftest import layers_in
+from conftest import numpy_gradient
 
 CONFIG = simclr.ModelConfig(resnet_depth=18, width_multiplier=0.25,
                             image_size=16, num_classes=10, proj_out_dim=8,
@@ -66,18 +67,6 @@ def numpy_negatives_loss(hidden, queue, temperature, queue_length=None,
     log_denominator = logits.max() + np.log(np.exp(logits - logits.max()).sum())
     per_anchor.append(log_denominator - h[i] @ h[positive] / temperature)
   return np.mean(per_anchor)
-
-
-def numpy_gradient(loss_fn, x, step=1e-6):
-  """Central finite differences of a float64 numpy function."""
-  x = np.asarray(x, np.float64)
-  gradient = np.zeros_like(x)
-  for index in np.ndindex(x.shape):
-    plus, minus = x.copy(), x.copy()
-    plus[index] += step
-    minus[index] -= step
-    gradient[index] = (loss_fn(plus) - loss_fn(minus)) / (2 * step)
-  return gradient
 
 
 def replica_rows(num_images, num_replicas, replica):
