@@ -41,6 +41,9 @@ _ALIAS_CHILDREN = frozenset([
 _BN_VARIABLES = ('gamma', 'beta', 'moving_mean', 'moving_variance')
 # How the model sits in a training checkpoint (see training_checkpoint).
 CHECKPOINT_LAYOUTS = ('published', 'legacy')
+# The index of a model_dir's checkpoints that tf.train.CheckpointManager
+# keeps (tf.train.get_checkpoint_state reads it).
+CHECKPOINT_STATE_FILE = 'checkpoint'
 
 
 class CheckpointError(ValueError):
@@ -64,9 +67,12 @@ def resolve_checkpoint(path: str) -> Tuple[str, str]:
         raise CheckpointError(
             f'{path}: SavedModel without variables/variables.index')
       return 'saved_model', prefix
-    latest = tf.train.latest_checkpoint(path)
-    if latest:
-      return 'checkpoint', latest
+    # The checkpoint a model_dir's index names, even when its files are gone
+    # (tf.train.latest_checkpoint would then say None): checkpoint_damage
+    # names what is missing.
+    state = _checkpoint_state(path)
+    if state is not None and state.model_checkpoint_path:
+      return 'checkpoint', state.model_checkpoint_path
     indexes = sorted(tf.io.gfile.glob(os.path.join(path, '*.index')))
     if len(indexes) == 1:
       return 'checkpoint', indexes[0][:-len('.index')]
@@ -78,9 +84,33 @@ def resolve_checkpoint(path: str) -> Tuple[str, str]:
     return 'checkpoint', path
   if path.endswith('.index') and tf.io.gfile.exists(path):
     return 'checkpoint', path[:-len('.index')]
+  data_file = re.match(r'^(.*)\.data-\d{5}-of-\d{5}$', path)
+  if data_file and tf.io.gfile.exists(data_file.group(1) + '.index'):
+    return 'checkpoint', data_file.group(1)
+  if tf.io.gfile.exists(path):
+    raise CheckpointError(f'{path}: {_wrong_kind_of_file(path)}')
   raise CheckpointError(
       f'{path}: does not exist (expected a SavedModel directory, a model_dir '
       f'or a checkpoint prefix such as model_dir/ckpt-1000)')
+
+
+def _wrong_kind_of_file(path: str) -> str:
+  """Why the existing non-directory `path` is not a model path, and what
+  to pass instead."""
+  name, parent = os.path.basename(path), os.path.dirname(path) or '.'
+  size = tf.io.gfile.stat(path).length
+  expected = ('not a SavedModel directory, a model_dir or a checkpoint prefix '
+              '(such as model_dir/ckpt-1000)')
+  if name == 'saved_model.pb':
+    return (f'is the graph file of a SavedModel, {expected}; pass its '
+            f'directory {parent}')
+  if name == CHECKPOINT_STATE_FILE:
+    return (f'is the checkpoint index of a model_dir, {expected}; pass the '
+            f'directory {parent}')
+  if name.endswith('.index') or re.search(r'\.data-\d{5}-of-\d{5}$', name):
+    return (f'is a file ({size} bytes) of a checkpoint whose .index is '
+            f'missing, {expected}')
+  return f'is a file ({size} bytes), {expected}'
 
 
 def object_graph_paths(prefix: str) -> Dict[str, str]:
@@ -103,6 +133,180 @@ def object_graph_paths(prefix: str) -> Dict[str, str]:
 
   walk(0, [], frozenset([0]))
   return paths
+
+
+# ---------------------------------------------------------------------------
+# Damaged checkpoints (a partial copy, a full disk, a flipped bit).
+
+# What reading a damaged checkpoint raises: OpError (an index that is not an
+# sstable or fails its checksum, a tensor whose CRC32C does not match, a
+# missing file), IndexError (a data file shorter than the index says).
+_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, RuntimeError,
+                OSError)
+
+
+def _first_line(error: Exception) -> str:
+  text = getattr(error, 'message', None) or str(error) or type(error).__name__
+  return text.strip().splitlines()[0][:300]
+
+
+def _data_files(prefix: str) -> List[str]:
+  return sorted(tf.io.gfile.glob(prefix + '.data-?????-of-?????'))
+
+
+def checkpoint_damage(prefix: str) -> Optional[str]:
+  """None when the checkpoint at `prefix` reads back whole, else what is
+  wrong, naming the file, e.g. '/m/ckpt-6.index is unreadable (not an
+  sstable (bad magic number))'.
+
+  Reads the index and every tensor once: TensorFlow checks each tensor
+  against the CRC32C and length the index records, so a truncated or
+  corrupted data file is found here rather than by a restore that has
+  already assigned some variables (or, for optimizer slots, restores them
+  lazily in the middle of training)."""
+  index = prefix + '.index'
+  if not tf.io.gfile.exists(index):
+    return f'{index} is missing'
+  data = _data_files(prefix)
+  if not data:
+    return f'{prefix}.data-* is missing (no data file beside {index})'
+  shards = int(data[0].rsplit('-of-', 1)[1])
+  for shard in range(shards):
+    name = f'{prefix}.data-{shard:05d}-of-{shards:05d}'
+    if name not in data:
+      return f'{name} is missing'
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+    keys = sorted(reader.get_variable_to_dtype_map())
+  except _READ_ERRORS as e:
+    return f'{index} is unreadable ({_first_line(e)})'
+  for key in keys:
+    try:
+      reader.get_tensor(key)
+    except _READ_ERRORS as e:
+      where = (data[0] if len(data) == 1 else
+               f'one of {", ".join(data)}')
+      return (f'{where} is unreadable (tensor {key}: '
+              f'{_first_line(e)})')
+  return None
+
+
+def checkpoint_step(prefix: str) -> Optional[int]:
+  """The number a checkpoint prefix ends with ('/m/ckpt-40' -> 40)."""
+  match = re.search(r'-(\d+)$', prefix)
+  return int(match.group(1)) if match else None
+
+
+def _prefixes_on_disk(model_dir: str) -> List[str]:
+  """Numbered checkpoint prefixes with an .index in model_dir, oldest first."""
+  prefixes = [p[:-len('.index')] for p in
+              tf.io.gfile.glob(os.path.join(model_dir, '*-*.index'))]
+  return sorted((p for p in prefixes if checkpoint_step(p) is not None),
+                key=checkpoint_step)
+
+
+def newest_intact_checkpoint(model_dir: str, below_step: Optional[int] = None
+                             ) -> Tuple[Optional[str], List[str]]:
+  """(the newest checkpoint of model_dir that reads back whole, every intact
+  one up to it, oldest first), among those numbered below `below_step`;
+  (None, []) when there is none. Checks newest first and stops at the
+  first intact one."""
+  # The index may list checkpoints whose files are gone, and miss some that
+  # are there; by step, the first path seen wins.
+  by_step = {}
+  state = _checkpoint_state(model_dir)
+  listed = list(state.all_model_checkpoint_paths) if state else []
+  for prefix in _prefixes_on_disk(model_dir) + listed:
+    step = checkpoint_step(prefix)
+    if step is not None and (below_step is None or step < below_step):
+      by_step.setdefault(step, prefix)
+  candidates = [by_step[step] for step in sorted(by_step)]
+  for i in range(len(candidates) - 1, -1, -1):
+    if checkpoint_damage(candidates[i]) is None:
+      older = [p for p in candidates[:i] if tf.io.gfile.exists(p + '.index')]
+      return candidates[i], older + [candidates[i]]
+  return None, []
+
+
+def _checkpoint_state(model_dir: str):
+  try:
+    return tf.train.get_checkpoint_state(model_dir)
+  except _READ_ERRORS:
+    return None
+
+
+def resume_command(model_dir: str, prefix: str, kept: List[str]) -> str:
+  """The command that makes `prefix` the newest checkpoint of model_dir's
+  index (keeping `kept` listed for rotation), so that the run resumes from
+  it."""
+  names = [os.path.basename(p) for p in kept]
+  return (f'python -c "import tensorflow as tf; '
+          f'tf.compat.v1.train.update_checkpoint_state('
+          f'{_absolute(model_dir)!r}, {os.path.basename(prefix)!r}, '
+          f'{names!r})"')
+
+
+def _absolute(model_dir: str) -> str:
+  # update_checkpoint_state keeps names relative to an absolute directory
+  # as they are, but rewrites them against a relative one.
+  return model_dir if '://' in model_dir else os.path.abspath(model_dir)
+
+
+def resumable_checkpoint(model_dir: str) -> Optional[str]:
+  """The checkpoint a run in model_dir resumes from: the newest one its
+  `checkpoint` index names, or None for a model_dir without checkpoints.
+
+  Raises CheckpointError, naming the file, when that checkpoint is damaged
+  or missing, when the index is unreadable, or when checkpoint files lie in
+  model_dir without an index naming an intact one: a run never trains over
+  them from random weights. The message names the newest intact checkpoint
+  and the command that resumes from it (resume_command). An index lost with
+  the newest checkpoint intact (a kill during the first save, a copy that
+  left it out) is rewritten, with a warning."""
+  state_file = os.path.join(model_dir, CHECKPOINT_STATE_FILE)
+  on_disk = _prefixes_on_disk(model_dir)
+  if not tf.io.gfile.exists(state_file):
+    if not on_disk:
+      return None
+    newest = on_disk[-1]
+    problem = checkpoint_damage(newest)
+    if problem is None:
+      tf.compat.v1.train.update_checkpoint_state(
+          _absolute(model_dir), os.path.basename(newest),
+          [os.path.basename(p) for p in on_disk])
+      logging.warning('%s was missing; rewrote it naming %s, the newest '
+                      'checkpoint there, to resume from', state_file, newest)
+      return newest
+    raise CheckpointError(_damage_message(
+        model_dir, f'holds checkpoint files but no {CHECKPOINT_STATE_FILE} '
+        f'index, and the newest, {os.path.basename(newest)}, is damaged: '
+        f'{problem}', checkpoint_step(newest)))
+  state = _checkpoint_state(model_dir)
+  if state is None or not state.model_checkpoint_path:
+    raise CheckpointError(_damage_message(
+        model_dir, f'its index {state_file} is unreadable or names no '
+        f'checkpoint', None))
+  latest = state.model_checkpoint_path
+  problem = checkpoint_damage(latest)
+  if problem is None:
+    return latest
+  raise CheckpointError(_damage_message(
+      model_dir, f'its newest checkpoint {os.path.basename(latest)} is '
+      f'damaged: {problem}', checkpoint_step(latest)))
+
+
+def _damage_message(model_dir: str, problem: str,
+                    step: Optional[int]) -> str:
+  intact, kept = newest_intact_checkpoint(model_dir, below_step=step)
+  message = (f'{model_dir}: {problem}; not resuming from it nor training '
+             f'over it.')
+  if intact is None:
+    return (message + ' No older intact checkpoint is there: to start '
+            'afresh, use a new --model_dir.')
+  return (message + f' The newest intact checkpoint is '
+          f'{os.path.basename(intact)}; to resume from it run '
+          f'{resume_command(model_dir, intact, kept)} and then the same '
+          f'command again.')
 
 
 # ---------------------------------------------------------------------------
@@ -286,8 +490,19 @@ def _layout(paths: Dict[str, str]) -> Optional[str]:
 def _read_object_graph(path: str, prefix: str) -> Dict[str, str]:
   try:
     return object_graph_paths(prefix)
-  except (tf.errors.OpError, KeyError, ValueError) as e:
-    raise CheckpointError(f'{path}: unreadable checkpoint ({e})') from None
+  except KeyError as e:
+    raise CheckpointError(f'{path}: not a TF2 object-based checkpoint (no '
+                          f'object graph: {e})') from None
+  except _READ_ERRORS as e:
+    raise _unreadable(path, prefix, e) from None
+
+
+def _unreadable(path: str, prefix: str, error: Exception) -> CheckpointError:
+  """The error for a checkpoint that failed to read, naming the damaged
+  file when checkpoint_damage finds it."""
+  problem = checkpoint_damage(prefix) or f'{prefix}: {_first_line(error)}'
+  where = '' if path == prefix else f'{path}: '
+  return CheckpointError(f'{where}damaged checkpoint: {problem}')
 
 
 def checkpoint_layout(prefix: str) -> str:
@@ -427,8 +642,11 @@ def _assign_published(model: SimCLRModel, prefix: str, root: str,
         lines.append(f'  {title} ({len(items)}): ' + '; '.join(items[:8]) +
                      (' ...' if len(items) > 8 else ''))
     raise CheckpointError('\n'.join(lines))
-  for variable, path in pairs:
-    variable.assign(reader.get_tensor(paths[root + path]))
+  try:
+    for variable, path in pairs:
+      variable.assign(reader.get_tensor(paths[root + path]))
+  except _READ_ERRORS as e:
+    raise _unreadable(source, prefix, e) from None
 
 
 def _read_our_config(kind: str, prefix: str, path: str) -> Optional[str]:
@@ -451,6 +669,9 @@ def restore_strict(checkpoint: tf.train.Checkpoint, prefix: str, source: str):
   # checkpoints written with write() do not have.
   try:
     status = checkpoint.read(prefix)
+  except _READ_ERRORS as e:
+    raise _unreadable(source, prefix, e) from None
+  try:
     status.assert_existing_objects_matched()
   except (AssertionError, ValueError) as e:
     raise CheckpointError(
@@ -468,8 +689,15 @@ def load_model(path: str, **config_overrides) -> SimCLRModel:
   `config_overrides` set what the files cannot tell (e.g. ft_proj_selector,
   train_mode, fine_tune_after_block) or change the head only where the
   variables still fit. Raises CheckpointError when the path is
-  none of these or the variables do not fit; nothing is left randomly
-  initialised.
+  none of these, a file is damaged, or the variables do not fit; nothing is
+  left randomly initialised.
+
+  Data only: this reads tensors (the variables' values and the checkpoint's
+  object graph, a protocol buffer of names) and JSON, and builds the model
+  from this package's own code. It never loads a SavedModel's graph
+  (saved_model.pb, the program that tf.saved_model.load and hub.KerasLayer
+  run), so a file from an untrusted source cannot run code through it. Keep
+  it that way: do not add tf.saved_model.load here.
   """
   kind, prefix = resolve_checkpoint(path)
   paths = _read_object_graph(path, prefix)

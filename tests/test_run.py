@@ -5,6 +5,7 @@ strict restore."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -270,6 +271,98 @@ def test_two_workers_on_localhost_agree_on_the_loss(tmp_path_factory):
             ['train/total_loss'] for i in range(2)]
   assert np.isfinite(losses[0])
   assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+def _read_tensors(prefix):
+  reader = tf.train.load_checkpoint(prefix)
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if k != '_CHECKPOINTABLE_OBJECT_GRAPH'}
+
+
+def _start_workers(args_of, ports, log_dir, attempt):
+  """Starts the 2 workers of a localhost cluster; worker 1's output is piped
+  (stdout and stderr together), worker 0's goes to a file."""
+  cluster = {'worker': [f'localhost:{p}' for p in ports]}
+  procs = []
+  for index in range(2):
+    tf_config = json.dumps({'cluster': cluster,
+                            'task': {'type': 'worker', 'index': index}})
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', TF_CONFIG=tf_config)
+    out = (subprocess.PIPE if index == 1 else
+           open(os.path.join(log_dir, f'worker0_{attempt}.log'), 'w'))
+    procs.append(subprocess.Popen(
+        [sys.executable, RUN] + args_of(index), env=env, cwd=ROOT,
+        stdout=out, stderr=subprocess.STDOUT, text=True))
+  return procs
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_resumes(
+    tmp_path_factory):
+  base = str(tmp_path_factory.mktemp('multi_worker_preemption'))
+  data_dir = data_dir_flag(tmp_path_factory)
+  digits.prepare(data_dir.split('=', 1)[1])
+  total = 12
+  model_dirs = [os.path.join(base, f'worker{i}') for i in range(2)]
+
+  def args_of(index):  # The same command for both attempts.
+    return [
+        '--dataset=digits', '--eval_split=test', '--image_size=16',
+        '--resnet_depth=18', '--width_multiplier=0.125',
+        '--train_batch_size=16', '--use_tpu=False', '--seed=1', data_dir,
+        '--train_mode=pretrain', f'--train_steps={total}',
+        '--checkpoint_steps=1000', '--steps_per_loop=1',
+        '--lineareval_while_pretraining=False',
+        f'--model_dir={model_dirs[index]}']
+
+  procs = _start_workers(args_of, _free_ports(2), base, 'first')
+  seen = []
+  for line in procs[1].stdout:
+    seen.append(line)
+    if f'step 2/{total}' in line:
+      procs[1].send_signal(signal.SIGTERM)  # Worker 1 only.
+      break
+  output1 = ''.join(seen) + procs[1].stdout.read()
+  for proc in procs:
+    proc.wait(timeout=TIMEOUT)
+  with open(os.path.join(base, 'worker0_first.log')) as f:
+    output0 = f.read()
+  assert procs[0].returncode == 143, output0[-4000:]
+  assert procs[1].returncode == 143, output1[-4000:]
+  # Both saved one checkpoint (no periodic one was due), of the same step.
+  steps = [checkpoint_steps(d) for d in model_dirs]
+  assert len(steps[0]) == 1 and steps[0] == steps[1], steps
+  saved = steps[0][0]
+  assert 2 <= saved < total
+  assert (f'error: SIGTERM received: saved a checkpoint at step {saved}'
+          in output1)
+  assert (f'error: another worker received SIGTERM or SIGINT: saved a '
+          f'checkpoint at step {saved}' in output0)
+  first = [_read_tensors(os.path.join(d, f'ckpt-{saved}')) for d in model_dirs]
+  assert first[0]['global_step/.ATTRIBUTES/VARIABLE_VALUE'] == saved
+
+  # The same command on both workers (a new pair of ports: the old ones may
+  # still be held by the system) resumes from that step to the last.
+  procs = _start_workers(args_of, _free_ports(2), base, 'second')
+  output1 = procs[1].communicate(timeout=TIMEOUT)[0]
+  procs[0].wait(timeout=TIMEOUT)
+  with open(os.path.join(base, 'worker0_second.log')) as f:
+    output0 = f.read()
+  for proc, output in zip(procs, (output0, output1)):
+    assert proc.returncode == 0, output[-4000:]
+    assert 'Resumed from' in output and f'steps {saved} -> {total}' in output
+  final = [_read_tensors(os.path.join(d, f'ckpt-{total}')) for d in model_dirs]
+  assert final[0].keys() == final[1].keys()
+  weights = 0
+  for key, value in final[0].items():
+    np.testing.assert_array_equal(value, final[1][key], err_msg=key)
+    weights += key.endswith('conv2d/kernel/.ATTRIBUTES/VARIABLE_VALUE')
+  assert weights > 10  # The model's weights are among the compared tensors.
+  assert final[0]['global_step/.ATTRIBUTES/VARIABLE_VALUE'] == total
+  # Training went on from the saved weights: they moved since.
+  kernel = next(k for k in final[0] if k.endswith(
+      'conv2d/kernel/.ATTRIBUTES/VARIABLE_VALUE'))
+  assert not np.array_equal(final[0][kernel], first[0][kernel])
 
 
 def test_deterministic_runs_give_identical_weights(tmp_path_factory):

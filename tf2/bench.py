@@ -217,8 +217,56 @@ def input_throughput(seconds=8.0):
   return out
 
 
+PRECISIONS = ('float32', 'bfloat16', 'float16')
+XLA_VALUES = ('false', 'true')
+
+
+def check_flags():
+  """Raises ValueError naming the flag for bad input, before anything is
+  timed (the internal --one / --one_published are checked by their
+  caller)."""
+  from simclr import paths  # pylint: disable=g-import-not-at-top
+  for flag, values, allowed in (('configs', FLAGS.configs, SETTINGS),
+                                ('precisions', FLAGS.precisions, PRECISIONS),
+                                ('xla', FLAGS.xla, XLA_VALUES)):
+    if not values:
+      raise ValueError(f'--{flag}: empty; expected some of '
+                       f'{",".join(allowed)}')
+    for value in values:
+      if value not in allowed:
+        raise ValueError(f'--{flag}: {value!r} is not one of '
+                         f'{",".join(allowed)}')
+  if FLAGS.steps < 0:
+    raise ValueError(f'--steps={FLAGS.steps}: expected >= 0 (0: about '
+                     f'--seconds worth)')
+  if not FLAGS.seconds > 0:
+    raise ValueError(f'--seconds={FLAGS.seconds}: expected > 0')
+  try:
+    paths.check_output_file(FLAGS.out, create_directory=True)
+  except paths.PathError as e:
+    raise ValueError(f'--out: {e}') from None
+  if FLAGS.published_tf2_dir:
+    try:
+      paths.check_input_dir(FLAGS.published_tf2_dir)
+    except paths.PathError as e:
+      raise ValueError(f'--published_tf2_dir: {e}') from None
+    for name in ('run.py', 'model.py', 'objective.py'):
+      if not os.path.isfile(os.path.join(FLAGS.published_tf2_dir, name)):
+        raise ValueError(
+            f'--published_tf2_dir: {FLAGS.published_tf2_dir} has no {name}; '
+            f'expected the tf2/ folder of a google-research/simclr checkout')
+
+
 def main(argv):
-  del argv
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    cli_checks.fail(f'unexpected arguments {argv[1:]}: flags are written '
+                    f'--name=value')
+  if not (FLAGS.one or FLAGS.one_published):
+    try:
+      check_flags()
+    except ValueError as e:
+      cli_checks.fail(e)
   if FLAGS.one_published:
     print('RESULT ' + json.dumps(run_one_published(
         FLAGS.one_published, FLAGS.published_tf2_dir)), flush=True)
@@ -340,4 +388,5 @@ def _tf_version():
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=cli_checks.parse_flags)

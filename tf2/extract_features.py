@@ -60,9 +60,7 @@ def checked(flag, function, *args, **kwargs):
 
 def extract():
   """Writes --out; raises BadInput before any feature is computed."""
-  import simclr  # pylint: disable=g-import-not-at-top
-  from simclr import data  # pylint: disable=g-import-not-at-top
-  from simclr import features  # pylint: disable=g-import-not-at-top
+  from simclr import paths  # pylint: disable=g-import-not-at-top
 
   for flag in ('checkpoint', 'dataset', 'out'):
     if not getattr(FLAGS, flag):
@@ -71,11 +69,17 @@ def extract():
     value = getattr(FLAGS, flag)
     if value is not None and value < 1:
       raise BadInput(flag, f'{value}: expected >= 1')
-  checked('out', features.check_writable, FLAGS.out)
+  checked('out', paths.check_output_file, FLAGS.out)
+  # TensorFlow is imported only once the flags above are known to be good.
+  import simclr  # pylint: disable=g-import-not-at-top
+  from simclr import data  # pylint: disable=g-import-not-at-top
+  from simclr import features  # pylint: disable=g-import-not-at-top
+  checked('checkpoint', simclr.checkpoints.resolve_checkpoint,
+          FLAGS.checkpoint)
+  source = checked('dataset', data.load_source, FLAGS.dataset, FLAGS.data_dir)
+  checked('split', source.check_split, FLAGS.split)
   model = checked('checkpoint', simclr.load_model, FLAGS.checkpoint)
   checked('output_key', features.check_output_key, model, FLAGS.output_key)
-  source = checked('dataset', data.load_source, FLAGS.dataset, FLAGS.data_dir)
-  checked('split', source.num_examples, FLAGS.split)
   config = data.DataConfig(
       dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
       image_size=FLAGS.image_size or model.config.image_size,
@@ -92,20 +96,22 @@ def extract():
 
 
 def main(argv):
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
-    raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+    cli_checks.fail(f'unexpected arguments {argv[1:]}: flags are written '
+                    f'--name=value')
   try:
     extract()
   except BadInput as e:
     if FLAGS.verbosity >= 1:
       raise
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli_checks.fail(e)
 
 
 def run_main():
   """Console-script entry point (simclr-extract)."""
-  app.run(main)
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=cli_checks.parse_flags)
 
 
 if __name__ == '__main__':

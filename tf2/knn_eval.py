@@ -59,10 +59,7 @@ def checked(flag, function, *args, **kwargs):
 
 def knn_eval():
   """The result dict; raises BadInput before any feature is computed."""
-  import simclr  # pylint: disable=g-import-not-at-top
-  from simclr import data  # pylint: disable=g-import-not-at-top
-  from simclr import features  # pylint: disable=g-import-not-at-top
-  from simclr import knn  # pylint: disable=g-import-not-at-top
+  from simclr import paths  # pylint: disable=g-import-not-at-top
 
   for flag in ('checkpoint', 'dataset'):
     if not getattr(FLAGS, flag):
@@ -72,7 +69,28 @@ def knn_eval():
     if value is not None and value < 1:
       raise BadInput(flag, f'{value}: expected >= 1')
   if FLAGS.out:
-    checked('out', features.check_writable, FLAGS.out)
+    checked('out', paths.check_output_file, FLAGS.out)
+  if not 0 < FLAGS.temperature < float('inf'):
+    raise BadInput('temperature', f'{FLAGS.temperature}: expected > 0')
+  if FLAGS.k < 1:
+    raise BadInput('k', f'{FLAGS.k}: expected >= 1')
+  # TensorFlow is imported only once the flags above are known to be good.
+  import simclr  # pylint: disable=g-import-not-at-top
+  from simclr import data  # pylint: disable=g-import-not-at-top
+  from simclr import features  # pylint: disable=g-import-not-at-top
+  from simclr import knn  # pylint: disable=g-import-not-at-top
+  checked('checkpoint', simclr.checkpoints.resolve_checkpoint,
+          FLAGS.checkpoint)
+  source = checked('dataset', data.load_source, FLAGS.dataset, FLAGS.data_dir)
+  if not source.num_classes:
+    raise BadInput('dataset', f'{FLAGS.dataset} has no labels: the k-NN bank '
+                              f'needs them')
+  num_bank = checked('train_split', source.check_split, FLAGS.train_split)
+  checked('eval_split', source.check_split, FLAGS.eval_split)
+  if FLAGS.k > num_bank:
+    raise BadInput('k', f'{FLAGS.k}: expected 1 <= k <= {num_bank}, the '
+                        f'examples of --train_split={FLAGS.train_split} (the '
+                        f'bank)')
   model = checked('checkpoint', simclr.load_model, FLAGS.checkpoint)
   checked('output_key', features.check_output_key, model, FLAGS.output_key)
   config = data.DataConfig(
@@ -80,18 +98,6 @@ def knn_eval():
       train_split=FLAGS.train_split, eval_split=FLAGS.eval_split,
       image_size=FLAGS.image_size or model.config.image_size,
       eval_batch_size=FLAGS.batch_size)
-  source = checked('dataset', data.load_source, FLAGS.dataset, FLAGS.data_dir)
-  if not source.num_classes:
-    raise BadInput('dataset', f'{FLAGS.dataset} has no labels: the k-NN bank '
-                              f'needs them')
-  num_bank = checked('train_split', source.num_examples, FLAGS.train_split)
-  checked('eval_split', source.num_examples, FLAGS.eval_split)
-  if not 1 <= FLAGS.k <= num_bank:
-    raise BadInput('k', f'{FLAGS.k}: expected 1 <= k <= {num_bank}, the '
-                        f'examples of --train_split={FLAGS.train_split} (the '
-                        f'bank)')
-  if not FLAGS.temperature > 0:
-    raise BadInput('temperature', f'{FLAGS.temperature}: expected > 0')
 
   start = time.time()
   result = knn.evaluate_model(
@@ -105,15 +111,16 @@ def knn_eval():
 
 
 def main(argv):
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
-    raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+    cli_checks.fail(f'unexpected arguments {argv[1:]}: flags are written '
+                    f'--name=value')
   try:
     result = knn_eval()
   except BadInput as e:
     if FLAGS.verbosity >= 1:
       raise
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli_checks.fail(e)
   text = json.dumps(result, indent=1, sort_keys=True)
   print(text)
   if FLAGS.out:
@@ -125,7 +132,8 @@ def main(argv):
 
 def run_main():
   """Console-script entry point."""
-  app.run(main)
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=cli_checks.parse_flags)
 
 
 if __name__ == '__main__':

@@ -24,9 +24,20 @@ flags.DEFINE_list(
 
 
 def main(argv):
-  del argv
-  variants = ([zoo.parse_variant(v) for v in FLAGS.variants]
-              if FLAGS.variants else list(zoo.TABLE1_PARAMS_M))
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    cli_checks.fail(f'unexpected arguments {argv[1:]}: flags are written '
+                    f'--name=value')
+  variants = list(zoo.TABLE1_PARAMS_M)
+  if FLAGS.variants:
+    variants = []
+    for text in FLAGS.variants:
+      try:
+        variants.append(zoo.parse_variant(text))
+        zoo.encoder_config(*variants[-1])  # Validates depth and width.
+      except ValueError as e:
+        cli_checks.fail(f'--variants: {text}: '
+                        f'{str(e).replace("ModelConfig.", "")}')
   print('| depth | width | SK | trainable (M) | all variables (M) | '
         'Table 1 (M) |')
   print('|---|---|---|---|---|---|')
@@ -40,7 +51,8 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=cli_checks.parse_flags)
 
 
 if __name__ == '__main__':

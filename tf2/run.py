@@ -256,7 +256,16 @@ def _flag_error_name(message: str) -> str:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+    _fail(ValueError(f'unexpected arguments {argv[1:]}: flags are written '
+                     f'--name=value'))
+  values = run_flag_values()
+  # Flag values first, without TensorFlow (simclr.configs does not import
+  # it), so that a bad value fails in a second.
+  from simclr.configs import configs_from_values  # pylint: disable=g-import-not-at-top
+  try:
+    configs_from_values(values)
+  except ValueError as e:
+    _fail(e)
   if FLAGS.num_logical_cpus > 1:
     # Before anything initialises TensorFlow's devices.
     from simclr import distribute  # pylint: disable=g-import-not-at-top
@@ -264,7 +273,7 @@ def main(argv):
   import simclr  # pylint: disable=g-import-not-at-top
   from simclr.tasks import runner  # pylint: disable=g-import-not-at-top
   try:
-    simclr.train(**run_flag_values())
+    simclr.train(**values)
   except (runner.RunError, simclr.checkpoints.CheckpointError) as e:
     _fail(e)
   except runner.NonFiniteLossError as e:
@@ -279,14 +288,14 @@ def _fail(error, exit_code=2):
   with --verbosity >= 1."""
   if FLAGS.verbosity >= 1:
     raise error
-  message = _flag_error_name(str(error))
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(exit_code)
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
+  cli_checks.fail(_flag_error_name(str(error)), exit_code)
 
 
 def run_main():
   """Console-script entry point."""
-  app.run(main)
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=cli_checks.parse_flags)
 
 
 if __name__ == '__main__':

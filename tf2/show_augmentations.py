@@ -12,6 +12,8 @@ greyscale p=0.2, blur p=0.5 at every image size, 3 taps at 32x32).
 
     python tf2/show_augmentations.py --dataset=digits --image_size=32 \
       --crop_min_area=0.3 --use_flip=False --out=digits.png
+
+Bad input: one line on stderr naming the flag, exit code 2.
 """
 
 from absl import app
@@ -19,6 +21,7 @@ from absl import flags
 import tensorflow as tf
 
 from simclr import data
+from simclr import paths
 from simclr.data import augment
 
 FLAGS = flags.FLAGS
@@ -42,33 +45,66 @@ flags.DEFINE_float('blur_probability', 0.5, 'As in tf2/run.py.')
 flags.DEFINE_integer('seed', 0, 'Seed of the views.')
 
 
-def load_images():
-  """uint8 [H, W, 3] arrays."""
-  if FLAGS.dataset is None:
+def load_images(source):
+  """uint8 [H, W, 3] arrays: of --split of `source`, or the sample photos
+  when source is None."""
+  if source is None:
     from sklearn import datasets  # pylint: disable=g-import-not-at-top
     return datasets.load_sample_images().images[:FLAGS.num_images]
-  source = data.load_source(FLAGS.dataset, FLAGS.data_dir)
   return [e['image'].numpy()
           for e in source.read(FLAGS.split).take(FLAGS.num_images)]
 
 
+def check_flags():
+  """(DataConfig, the source of --dataset or None); ValueError naming the
+  flag for bad input, before any image is augmented."""
+  for flag in ('num_images', 'num_views'):
+    if getattr(FLAGS, flag) < 1:
+      raise ValueError(f'--{flag}={getattr(FLAGS, flag)}: expected >= 1')
+  try:
+    paths.check_output_file(FLAGS.out)
+  except paths.PathError as e:
+    raise ValueError(f'--out: {e}') from None
+  # Through DataConfig, which checks the values as tf2/run.py does.
+  try:
+    config = data.DataConfig(
+        image_size=FLAGS.image_size,
+        color_jitter_strength=FLAGS.color_jitter_strength,
+        use_blur=FLAGS.use_blur, crop_min_area=FLAGS.crop_min_area,
+        crop_max_aspect_ratio=FLAGS.crop_max_aspect_ratio,
+        use_flip=FLAGS.use_flip,
+        color_jitter_probability=FLAGS.color_jitter_probability,
+        grayscale_probability=FLAGS.grayscale_probability,
+        blur_probability=FLAGS.blur_probability)
+  except ValueError as e:
+    raise ValueError(str(e).replace('DataConfig.', '--')) from None
+  if FLAGS.dataset is None:
+    return config, None
+  try:
+    source = data.load_source(FLAGS.dataset, FLAGS.data_dir)
+  except ValueError as e:
+    raise ValueError(f'--dataset: {e}') from None
+  try:
+    source.check_split(FLAGS.split)
+  except ValueError as e:
+    raise ValueError(f'--split={FLAGS.split}: {e}') from None
+  return config, source
+
+
 def main(argv):
-  del argv
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    cli_checks.fail(f'unexpected arguments {argv[1:]}: flags are written '
+                    f'--name=value')
+  try:
+    config, source = check_flags()
+  except ValueError as e:
+    cli_checks.fail(e)
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  # Through DataConfig, which checks the values as tf2/run.py does.
-  config = data.DataConfig(
-      image_size=FLAGS.image_size,
-      color_jitter_strength=FLAGS.color_jitter_strength,
-      use_blur=FLAGS.use_blur, crop_min_area=FLAGS.crop_min_area,
-      crop_max_aspect_ratio=FLAGS.crop_max_aspect_ratio,
-      use_flip=FLAGS.use_flip,
-      color_jitter_probability=FLAGS.color_jitter_probability,
-      grayscale_probability=FLAGS.grayscale_probability,
-      blur_probability=FLAGS.blur_probability)
-  images = load_images()
+  images = load_images(source)
   size = config.image_size
   blur = augment.blur_enabled(size, config.use_blur)
   view = tf.function(lambda image, seed: augment.pretrain_view(
@@ -98,4 +134,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=cli_checks.parse_flags)

@@ -160,17 +160,20 @@ def _scatter(axis, points, labels):
 def load_inputs():
   """The FeatureSet of --features; ValueError naming the flag and file for
   bad input, before anything is computed."""
-  from simclr import features as features_lib  # pylint: disable=g-import-not-at-top
+  from simclr import paths  # pylint: disable=g-import-not-at-top
   if not FLAGS.features:
     raise ValueError('--features: required')
   if FLAGS.k < 1:
     raise ValueError(f'--k={FLAGS.k}: expected >= 1')
   if not FLAGS.temperature > 0:
     raise ValueError(f'--temperature={FLAGS.temperature}: expected > 0')
+  if FLAGS.max_points < 2:
+    raise ValueError(f'--max_points={FLAGS.max_points}: expected >= 2')
   try:
-    features_lib.check_writable(FLAGS.out)
+    paths.check_output_file(FLAGS.out)
   except ValueError as e:
     raise ValueError(f'--out: {e}') from None
+  from simclr import features as features_lib  # pylint: disable=g-import-not-at-top
   try:
     return features_lib.load_features(FLAGS.features)
   except ValueError as e:
@@ -178,13 +181,14 @@ def load_inputs():
 
 
 def main(argv):
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
-    raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+    cli_checks.fail(f'unexpected arguments {argv[1:]}: flags are written '
+                    f'--name=value')
   try:
     feature_set = load_inputs()
   except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli_checks.fail(e)
   title = os.path.basename(FLAGS.features)
   (top1,) = draw_embeddings(
       [(title, feature_set.features, feature_set.labels)], FLAGS.out,
@@ -196,8 +200,9 @@ def main(argv):
 
 def run_main():
   """Console-script entry point."""
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli_checks.parse_flags)
 
 
 if __name__ == '__main__':

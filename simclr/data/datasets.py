@@ -42,8 +42,43 @@ class Source:
   splits: Dict[str, int]
 
   def num_examples(self, split: str) -> int:
-    """Examples in a split; TFDS slicing ('train[:10%]') is understood."""
+    """Examples in a split; TFDS slicing ('train[:10%]') is understood.
+    Raises ValueError naming the splits there are, for a split the source
+    does not have or a slice TFDS cannot read."""
     raise NotImplementedError
+
+  def check_split(self, split: str) -> int:
+    """num_examples(split), also refusing a split that selects nothing."""
+    count = self.num_examples(split)
+    if count <= 0:
+      raise ValueError(f'selects no examples of {self.name!r} (its splits: '
+                       f'{self.describe_splits()})')
+    return count
+
+  def describe_splits(self) -> str:
+    """'test (359 examples), train (1438 examples)'."""
+    return ', '.join(f'{name} ({count} examples)'
+                     for name, count in sorted(self.splits.items()))
+
+  def _split_error(self, split: str, error: Exception) -> ValueError:
+    """The ValueError for a split TFDS refused: an unknown split name, or a
+    slice it cannot read (its reason, on one line)."""
+    # Split syntax: 'name', 'name[slice]', joined by '+'.
+    names = [part.split('[', 1)[0].strip() for part in split.split('+')]
+    unknown = [name for name in names if name not in self.splits]
+    if unknown and all(name.isidentifier() for name in unknown):
+      problem = f'{self.name!r} has no split {unknown[0]!r}'
+    else:
+      # TFDS's reason is its message's last line.
+      lines = [line.strip() for line in str(error).splitlines()
+               if line.strip()] or [type(error).__name__]
+      problem = (f'not a split of {self.name!r} that TFDS can read '
+                 f'({lines[-1][:200]})')
+    if len(self.splits) == 1:
+      have = f'it has one split, {self.describe_splits()} (slice it as in'
+    else:
+      have = f'its splits: {self.describe_splits()} (slice one as in'
+    return ValueError(f"{problem}; {have} 'train[:90%]', 'train[90%:]')")
 
   def read(self, split: str, *, shard_index: int = 0, num_shards: int = 1,
            shuffle: bool = False, seed: Optional[int] = None,
@@ -135,9 +170,8 @@ class TfdsSource(Source):
   def num_examples(self, split: str) -> int:
     try:
       return self.builder.info.splits[split].num_examples
-    except (KeyError, ValueError) as e:
-      raise ValueError(f'{self.name!r} has no split {split!r} (splits: '
-                       f'{sorted(self.splits)}): {e}') from None
+    except (KeyError, ValueError, AssertionError) as e:
+      raise self._split_error(split, e) from None
 
   def _as_dataset(self, split, shard_index, num_shards, shuffle, seed,
                   decode_image):
@@ -298,9 +332,8 @@ class FolderSource(Source):
     try:
       instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(
           infos)
-    except (ValueError, AssertionError) as e:
-      raise ValueError(f'{self.name!r} has one split, {FOLDER_SPLIT!r} (slice '
-                       f'it, e.g. "train[:90%]"); got {split!r}: {e}') from None
+    except (ValueError, AssertionError, KeyError) as e:
+      raise self._split_error(split, e) from None
     rows = [np.arange(len(self.paths))[i.from_:i.to] for i in instructions]
     return np.concatenate(rows)
 

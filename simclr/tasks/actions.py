@@ -6,26 +6,33 @@ outputs after every loop (--steps_per_loop steps inside one tf.function).
   as published (the CheckpointManager's own interval counts from the first
   save instead).
 - PreemptionWatcher: on SIGTERM / SIGINT, a checkpoint of the current step at
-  the end of the running loop, then Preempted.
+  the end of the running loop, then Preempted. With several workers
+  (MultiWorkerMirroredStrategy) the workers first agree, after every loop,
+  whether any of them was signalled, so that all save the same step and stop
+  together.
 """
 
 import math
 import signal
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from absl import logging
 import tensorflow as tf
 
 
 class Preempted(RuntimeError):
-  """SIGTERM (or SIGINT) arrived; a checkpoint of the current step was
-  written. `step` is that step."""
+  """SIGTERM (or SIGINT) arrived, here or at another worker; a checkpoint of
+  the current step was written. `step` is that step; `signal_name` the
+  signal this process received (None when another worker received it)."""
 
-  def __init__(self, step: int, signal_name: str):
-    super().__init__(f'{signal_name} received: saved a checkpoint at step '
-                     f'{step}; run the same command again to resume from it')
+  def __init__(self, step: int, signal_name: Optional[str]):
+    cause = (f'{signal_name} received' if signal_name else
+             'another worker received SIGTERM or SIGINT')
+    super().__init__(f'{cause}: saved a checkpoint at step {step}; run the '
+                     f'same command again to resume from it')
     self.step = step
+    self.signal_name = signal_name
 
 
 def save_checkpoint(manager: tf.train.CheckpointManager, step: int):
@@ -54,15 +61,56 @@ class CheckpointSaver:
       save_checkpoint(self.manager, step)
 
 
+def num_workers(strategy: Optional[tf.distribute.Strategy]) -> int:
+  """Processes that train in lockstep under a MultiWorkerMirroredStrategy
+  (its cluster's chief and workers); 1 for every other strategy (a
+  TPUStrategy is driven by one process)."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return 1
+  resolver = strategy.cluster_resolver
+  spec = resolver.cluster_spec() if resolver is not None else None
+  if spec is None:
+    return 1
+  return max(1, sum(spec.num_tasks(job) for job in ('chief', 'worker')
+                    if job in spec.jobs))
+
+
+def any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+  """True on every worker if `flag` is true on any: an all-reduce of one
+  integer. Every worker must call it at the same point of the run."""
+  value = strategy.experimental_distribute_values_from_function(
+      lambda _: tf.constant(int(flag), tf.int32))
+  return int(strategy.reduce(tf.distribute.ReduceOp.SUM, value,
+                             axis=None)) > 0
+
+
 class PreemptionWatcher:
   """Catches SIGTERM (the preemption notice of TPU VMs and most clusters) and
-  SIGINT while training (use it as a context manager around the loop)."""
+  SIGINT while training (use it as a context manager around the loop).
+
+  After each loop: in one process, a signal received during the loop saves
+  the current step and raises Preempted. Under a MultiWorkerMirroredStrategy
+  a worker cannot save alone (saving reads the batch-norm moving statistics,
+  averaged across workers when read: a collective the others would not
+  join), so every worker first learns through any_worker whether any was
+  signalled; if so all save the same step, the one they have all just
+  finished, and raise Preempted.
+
+  tf.distribute.experimental.PreemptionCheckpointHandler does this agreement
+  through the coordination service, but (TensorFlow 2.20) it does nothing on
+  Google Cloud CPU VMs and Cloud TPU VMs, with no public way to tell, and
+  saves one loop after the signal rather than at its end; hence this
+  collective, which costs one scalar all-reduce per loop.
+  """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self, manager: tf.train.CheckpointManager, global_step):
+  def __init__(self, manager: tf.train.CheckpointManager, global_step,
+               strategy: Optional[tf.distribute.Strategy] = None):
     self.manager = manager
     self.global_step = global_step
+    self.strategy = strategy
+    self.workers = num_workers(strategy)
     self.received = None
     self._previous = {}
 
@@ -85,7 +133,10 @@ class PreemptionWatcher:
 
   def __call__(self, output):
     del output
-    if self.received is None:
+    signalled = self.received is not None
+    if self.workers > 1:
+      signalled = any_worker(self.strategy, signalled)
+    if not signalled:
       return
     step = int(self.global_step.numpy())
     save_checkpoint(self.manager, step)

@@ -27,7 +27,9 @@ from simclr import data as data_lib
 from simclr import distribute
 from simclr import knn as knn_lib
 from simclr import optimization
+from simclr import paths
 from simclr.configs import RunConfigs
+from simclr.configs import SUBSET_PIPELINES
 from simclr.configs import configs_from_values
 from simclr.models.simclr_model import SimCLRModel
 from simclr.models.simclr_model import build_model
@@ -123,10 +125,16 @@ class Run:
                flags_dict: Optional[Dict[str, Any]] = None):
     self.configs = configs
     train = configs.train
-    if not train.model_dir:
-      raise RunError('--model_dir: required (checkpoints, summaries and '
-                     'exports are written there)')
+    # Files first: none of these checks starts TensorFlow's runtime, which a
+    # MultiWorkerMirroredStrategy must configure before anything else.
+    check_paths(configs)
     self.model_dir = train.model_dir
+    # The checkpoint of model_dir to resume (or evaluate) from, read whole
+    # once here so that a damaged one stops the run before it starts.
+    try:
+      self.resume_from = checkpoints.resumable_checkpoint(self.model_dir)
+    except checkpoints.CheckpointError as e:
+      raise RunError(f'--model_dir={e}') from None
     if train.deterministic:
       make_deterministic(configs)
     self.flags = {}
@@ -143,16 +151,48 @@ class Run:
       if value % replicas:
         raise RunError(f'--{flag}={value} is not divisible by the {replicas} '
                        f'replicas')
-    self.inputs = data_lib.Inputs(
-        configs.data.replace(model_dir=self.model_dir))
+    try:
+      self.inputs = data_lib.Inputs(
+          configs.data.replace(model_dir=self.model_dir))
+    except ValueError as e:  # An unknown, unprepared or empty dataset.
+      raise RunError(f'--dataset={configs.data.dataset}: {e}') from None
     self.task = TASKS[train.train_mode](configs, self.inputs.num_classes,
                                         self.inputs)
     self.task.check()
+    self._check_splits()
+    if self.task.pipeline in SUBSET_PIPELINES + ('distill',):
+      self._check_label_subset()
     # The last k-NN values of training (knn_lib.KnnMonitor), for the results.
     self.knn_metrics = {}
     if train.knn_eval_steps:
       self._check_knn_settings()
     tf.io.gfile.makedirs(self.model_dir)
+
+  def _check_splits(self):
+    """Refuses a split the dataset does not have, or one that selects no
+    examples: --train_split always (it also sizes an eval run's schedule),
+    --eval_split when evaluation or k-NN reads it."""
+    data, train = self.configs.data, self.configs.train
+    used = [('train_split', data.train_split)]
+    if train.mode != 'train' or train.knn_eval_steps:
+      used.append(('eval_split', data.eval_split))
+    for flag, split in used:
+      try:
+        self.inputs.source.check_split(split)
+      except ValueError as e:
+        raise RunError(f'--{flag}={split}: {e}') from None
+
+  def _check_label_subset(self):
+    """Reads --label_subset_file or draws the --train_label_fraction subset
+    now (the pipelines reuse it), so that a bad one stops the run here."""
+    data = self.configs.data
+    flag = (f'--label_subset_file={data.label_subset_file}'
+            if data.label_subset_file is not None else
+            f'--train_label_fraction={data.train_label_fraction}')
+    try:
+      self.inputs.label_subset()
+    except ValueError as e:
+      raise RunError(f'{flag}: {e}') from None
 
   def _check_knn_settings(self):
     """Refuses now what would stop the first k-NN evaluation mid-run."""
@@ -202,7 +242,7 @@ class Run:
     written with), or initialises from --checkpoint. Returns the
     CheckpointManager to save with."""
     train = self.configs.train
-    latest = tf.train.latest_checkpoint(self.model_dir)
+    latest = self.resume_from
     layout = checkpoints.checkpoint_layout(latest) if latest else 'published'
     checkpoint = state.checkpoint(layout)
     manager = tf.train.CheckpointManager(
@@ -258,7 +298,8 @@ class Run:
     progress = actions.ProgressReporter(
         state.global_step, schedule.train_steps,
         configs.data.train_batch_size * self.task.views)
-    watcher = actions.PreemptionWatcher(manager, state.global_step)
+    watcher = actions.PreemptionWatcher(manager, state.global_step,
+                                        self.strategy)
     train_actions = [progress, actions.CheckpointSaver(
         manager, state.global_step, schedule.checkpoint_steps), watcher]
     knn_monitor = None
@@ -343,7 +384,7 @@ class Run:
     train = self.configs.train
     state = self.build_state()
     model = state.model
-    latest = tf.train.latest_checkpoint(self.model_dir)
+    latest = self.resume_from
     if train.checkpoint and not latest:
       checkpoints.init_from_checkpoint(
           model, train.checkpoint,
@@ -381,16 +422,59 @@ class Run:
     return result
 
 
+def check_paths(configs: RunConfigs):
+  """Fails fast with RunError naming the flag: a --model_dir that cannot be
+  created or written, a --data_dir or --label_subset_file of the wrong kind,
+  and --checkpoint / --teacher_checkpoint paths that are not a model or are
+  damaged (check_checkpoint_paths)."""
+  train, data = configs.train, configs.data
+  if not train.model_dir:
+    raise RunError('--model_dir: required (checkpoints, summaries and '
+                   'exports are written there)')
+  try:
+    paths.check_output_dir(train.model_dir)
+  except paths.PathError as e:
+    raise RunError(f'--model_dir: {e}') from None
+  if data.data_dir:
+    try:
+      if data.dataset == 'digits':  # Prepared into data_dir on first use.
+        paths.check_output_dir(data.data_dir)
+      elif tf.io.gfile.exists(data.data_dir):
+        # (A missing one is TFDS's "not prepared", with the command to run.)
+        paths.check_input_dir(data.data_dir)
+    except paths.PathError as e:
+      raise RunError(f'--data_dir: {e}') from None
+  if data.label_subset_file is not None:
+    try:
+      paths.check_input_file(data.label_subset_file)
+    except paths.PathError as e:
+      raise RunError(f'--label_subset_file: {e}') from None
+  check_checkpoint_paths(configs)
+
+
 def check_checkpoint_paths(configs: RunConfigs):
   """Fails fast, naming the flag, on --checkpoint / --teacher_checkpoint
-  paths that are not a model."""
+  paths that are not a model, or whose checkpoint is damaged (then naming
+  the file, and the newest intact checkpoint of a model_dir)."""
   for flag in ('checkpoint', 'teacher_checkpoint'):
     path = getattr(configs.train, flag)
-    if path:
-      try:
-        checkpoints.resolve_checkpoint(path)
-      except checkpoints.CheckpointError as e:
-        raise RunError(f'--{flag}: {e}') from None
+    if not path:
+      continue
+    try:
+      _, prefix = checkpoints.resolve_checkpoint(path)
+    except checkpoints.CheckpointError as e:
+      raise RunError(f'--{flag}: {e}') from None
+    problem = checkpoints.checkpoint_damage(prefix)
+    if problem is None:
+      continue
+    message = f'--{flag}={path}: damaged checkpoint: {problem}'
+    if tf.io.gfile.isdir(path) and prefix.startswith(path):
+      intact, _ = checkpoints.newest_intact_checkpoint(
+          path, below_step=checkpoints.checkpoint_step(prefix))
+      if intact is not None:
+        message += (f'; the newest intact checkpoint there is {intact}: pass '
+                    f'--{flag}={intact} to start from it')
+    raise RunError(message)
 
 
 def train(**flag_values) -> Optional[Dict[str, float]]:
@@ -407,7 +491,6 @@ def train(**flag_values) -> Optional[Dict[str, float]]:
   """
   try:
     configs = configs_from_values(flag_values)
-    check_checkpoint_paths(configs)
     run = Run(configs, flag_values)
   except RunError:
     raise

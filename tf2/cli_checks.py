@@ -1,0 +1,73 @@
+"""What every command line under tf2/ does with bad input: one line on stderr,
+`error: <the flag or file>: <what is wrong>`, exit code 2, no traceback (pass
+--verbosity=1 to see one where a script supports it), before any real work.
+
+- parse_flags: absl's flag parser for app.run(main, flags_parser=...), which
+  reports a malformed or unknown flag in that form (absl's own parser prints
+  two lines and exits with 1).
+- fail: prints the line and exits.
+- check_demo_flags: the checks of tf2/demo.py's flags, kept here so that the
+  demo's main() needs one call.
+"""
+
+import math
+import sys
+from typing import Iterable, List, NoReturn
+
+from absl import flags
+
+from simclr import paths
+
+EXIT_BAD_INPUT = 2
+
+
+def one_line(message) -> str:
+  """The lines of `message` joined with '; ' (an error is one line)."""
+  lines = [line.strip() for line in str(message).splitlines()]
+  return '; '.join(line for line in lines if line)
+
+
+def fail(message, exit_code: int = EXIT_BAD_INPUT) -> NoReturn:
+  print(f'error: {one_line(message)}', file=sys.stderr)
+  sys.exit(exit_code)
+
+
+def parse_flags(argv: List[str]) -> List[str]:
+  """Parses argv into absl's FLAGS; a flag error is one line, exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(e)
+
+
+def check_demo_flags(values, supported_fractions: Iterable[float]):
+  """Exits with one line naming the flag for a bad tf2/demo.py flag value:
+  --out (a directory it creates and writes), --data_dir (the same, digits
+  are prepared there), --seeds (integers), --scale (> 0), --label_fractions
+  (among `supported_fractions`, the fractions the demo has settings for).
+  `values` has the demo's flags as attributes (absl's FLAGS)."""
+  for flag in ('out', 'data_dir'):
+    path = getattr(values, flag)
+    if path is not None:
+      try:
+        paths.check_output_dir(path)
+      except paths.PathError as e:
+        fail(f'--{flag}: {e}')
+  for seed in values.seeds:
+    try:
+      int(seed)
+    except ValueError:
+      fail(f'--seeds: {seed!r} is not an integer (e.g. --seeds=0,1,2)')
+  if not values.seeds:
+    fail('--seeds: empty (e.g. --seeds=0)')
+  if not (math.isfinite(values.scale) and values.scale > 0):
+    fail(f'--scale={values.scale}: expected > 0')
+  supported = sorted(float(f) for f in supported_fractions)
+  for fraction in values.label_fractions:
+    try:
+      value = float(fraction)
+    except ValueError:
+      fail(f'--label_fractions: {fraction!r} is not a number')
+    if value not in supported:
+      fail(f'--label_fractions: {fraction} has no demo settings; expected '
+           f'some of {",".join(f"{f:g}" for f in supported)}')
