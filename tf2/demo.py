@@ -385,6 +385,8 @@ def draw_augmentations(out):
 
 def main(argv):
   del argv
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
+  cli_checks.check_demo_flags(FLAGS, supported_fractions=SUPERVISED)
   out = os.path.abspath(FLAGS.out)
   FLAGS.out = out
   if FLAGS.data_dir is None:
