@@ -63,10 +63,15 @@ def layers_in(dtype):
   """Models built inside the block get `dtype` variables and computation
   (e.g. float64 for equality tests tighter than float32 round-off)."""
   floatx = tf_keras.backend.floatx()
+  policy = tf_keras.mixed_precision.global_policy()
   tf_keras.backend.set_floatx(dtype)
+  # A global policy set earlier in the process (every in-process run sets
+  # one, 'float32' included) would otherwise override floatx.
+  tf_keras.mixed_precision.set_global_policy(dtype)
   try:
     yield
   finally:
+    tf_keras.mixed_precision.set_global_policy(policy)
     tf_keras.backend.set_floatx(floatx)
 
 
