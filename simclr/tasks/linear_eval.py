@@ -84,6 +84,15 @@ class LinearEvalTask(Task):
     return 1
 
 
+def _logistic_regression(**kwargs):
+  # Newton-CG: on encoder features (nearly separable at large C) it reaches
+  # the optimum in ~10 iterations where L-BFGS needs hundreds; 26x faster on
+  # the digits' 1,438 x 128 features over the whole grid (0.4 s vs 11 s).
+  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
+  return linear_model.LogisticRegression(solver='newton-cg', max_iter=2000,
+                                         **kwargs)
+
+
 def fit_linear_head(head, features, labels, seed: int = 0,
                     unlabeled_features=None) -> float:
   """Sets `head` (a SupervisedHead of C classes) to the multinomial logistic
@@ -98,7 +107,6 @@ def fit_linear_head(head, features, labels, seed: int = 0,
   standardisation folded into kernel and bias); classes absent from `labels`
   get a zero kernel and a bias far below the others. Returns the inverse L2
   strength used."""
-  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
   from sklearn import model_selection  # pylint: disable=g-import-not-at-top
   from sklearn import preprocessing  # pylint: disable=g-import-not-at-top
   num_classes = head.dense.units
@@ -109,13 +117,13 @@ def fit_linear_head(head, features, labels, seed: int = 0,
     folds = model_selection.StratifiedKFold(
         min(5, smallest_class), shuffle=True, random_state=seed)
     search = model_selection.GridSearchCV(
-        linear_model.LogisticRegression(max_iter=2000),
+        _logistic_regression(),
         {'C': list(CACHED_INVERSE_L2)}, cv=folds).fit(
             scaler.transform(features), labels)
     classifier, inverse_l2 = search.best_estimator_, search.best_params_['C']
   else:
     inverse_l2 = 1.0
-    classifier = linear_model.LogisticRegression(max_iter=2000).fit(
+    classifier = _logistic_regression().fit(
         scaler.transform(features), labels)
   coef, intercept = classifier.coef_, classifier.intercept_
   if len(classifier.classes_) == 2:  # sklearn keeps one row for 2 classes.
