@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Test files are spread over this many processes (pytest-xdist; a file's
+# module fixtures stay in one process). 0 runs everything in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: install test demo bench bench-input clean
 # Optional: the tf2/ folder of a google-research/simclr checkout, timed side by
@@ -20,7 +23,7 @@ $(VENV)/.installed: setup.py
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
 	$(PY) tf2/demo.py

@@ -28,6 +28,7 @@ setuptools.setup(
     extras_require={
         'test': [
             'pytest',
+            'pytest-xdist',
             'nbclient',
             'nbformat',
             'ipykernel',
