@@ -2,7 +2,6 @@
 scripts can import them)."""
 
 import os
-import platform
 import time
 
 import numpy as np
@@ -39,19 +38,5 @@ def rate(dataset, pairs_per_element, seconds):
 def cpu_description():
   """(CPU model name, core count, the SIMD / matrix flags that matter for
   speed) of this machine."""
-  model, flags_line = platform.processor() or 'unknown', ''
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name') and model in ('', 'unknown',
-                                                      platform.processor()):
-          model = line.split(':', 1)[1].strip()
-        if line.startswith('flags'):
-          flags_line = line.split(':', 1)[1]
-          break
-  except OSError:
-    pass
-  wanted = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile', 'fma',
-            'avx512_vnni')
-  present = [f for f in wanted if f in flags_line.split()]
-  return model, os.cpu_count(), present
+  from simclr import cpu  # pylint: disable=g-import-not-at-top
+  return cpu.description()

@@ -146,7 +146,13 @@ class Pipeline:
         top5=result['eval/label_top_5_accuracy'], params=params))
 
   def stage(self, method, arch, fraction, values):
+    started = time.time()
     result, params = run_stage(values)
+    top1 = result.get('eval/label_top_1_accuracy')
+    print(f'  seed {self.seed} {os.path.basename(values["model_dir"])}: '
+          f'{time.time() - started:.0f}s'
+          + (f', top-1 {100 * top1:.1f}%' if top1 is not None else ''),
+          flush=True)
     if method:
       self.add(method, arch, fraction, result, params)
     return result

@@ -66,7 +66,14 @@ def make_schedule(configs: RunConfigs, num_examples: int) -> Schedule:
   return Schedule(num_examples, total, every, loop)
 
 
-def set_precision(precision: str):
+def set_precision(precision: str, on_cpu: bool = True):
+  """Sets the Keras mixed-precision policy; warns once when bfloat16 would
+  be emulated on this CPU (no accelerator to run it)."""
+  if precision == 'bfloat16' and on_cpu:
+    from simclr import cpu  # pylint: disable=g-import-not-at-top
+    warning = cpu.bfloat16_warning()
+    if warning:
+      logging.warning(warning)
   policy = {'float32': 'float32', 'bfloat16': 'mixed_bfloat16',
             'float16': 'mixed_float16'}[precision]
   tf_keras.mixed_precision.set_global_policy(policy)
@@ -143,7 +150,8 @@ class Run:
       self.flags.update(dataclasses.asdict(config))
     self.flags.update({k: v for k, v in (flags_dict or {}).items()
                        if _jsonable(v) and k not in self.flags})
-    set_precision(train.precision)
+    set_precision(train.precision, on_cpu=not (
+        configs.strategy.use_tpu or tf.config.list_physical_devices('GPU')))
     self.strategy = distribute.build_strategy(configs.strategy)
     replicas = self.strategy.num_replicas_in_sync
     for flag in ('train_batch_size', 'eval_batch_size'):
