@@ -237,18 +237,10 @@ CASES = {
 }
 
 
-def _demo_checks_flags():
-  with open(os.path.join(ROOT, 'tf2', 'demo.py')) as f:
-    return 'check_demo_flags' in f.read()
-
-
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_bad_input_is_one_error_line_naming_it_with_exit_code_2(case,
                                                                 places):
   (script, args), named = CASES[case]
-  if script == 'demo.py' and not _demo_checks_flags():
-    pytest.skip('tf2/demo.py does not call tf2/cli_checks.check_demo_flags '
-                'yet (without it these inputs would start the demo)')
   args = [a.format(**places) for a in args]
   named = named.format(**places)
   proc = subprocess.run(
