@@ -37,22 +37,34 @@ def test_description_lists_the_speed_flags_present(tmp_path):
   assert (model, flags) == ('AMD EPYC 7B12', ['avx2', 'fma'])
 
 
-@pytest.mark.parametrize('text,warns', [(AVX2_ONLY, True), (WITH_BF16, False),
-                                        (WITH_AMX, False)])
-def test_bfloat16_warning_only_without_native_bfloat16(tmp_path, text,
-                                                       warns):
-  warning = cpu.bfloat16_warning(write(tmp_path, text))
-  if warns:
-    assert 'AVX512_BF16' in warning and 'AMX-BF16' in warning
-    assert '--precision=float32' in warning and '\n' not in warning
-  else:
+@pytest.mark.parametrize('text,speedup,why', [
+    (AVX2_ONLY, 0.2, 'neither AVX512_BF16 nor AMX-BF16'),
+    (WITH_BF16, 0.69, 'has AVX512_BF16 but no AMX-BF16'),
+    (WITH_AMX, 0.9, 'although it has AMX-BF16'),
+    (WITH_BF16, 1.8, None),
+    (WITH_AMX, 2.0, None),
+])
+def test_bfloat16_warning_when_measured_slower_with_the_reason(
+    tmp_path, text, speedup, why):
+  warning = cpu.bfloat16_warning(write(tmp_path, text), speedup=speedup)
+  if why is None:
     assert warning is None
+  else:
+    assert why in warning and f'{speedup:.2f}x' in warning
+    assert '--precision=float32' in warning and '\n' not in warning
 
 
-def test_unreadable_cpuinfo_claims_nothing(tmp_path):
-  assert cpu.bfloat16_warning(str(tmp_path / 'absent')) is None
-  _, _, flags = cpu.description(str(tmp_path / 'absent'))
+def test_unreadable_cpuinfo_claims_no_flags(tmp_path):
+  absent = str(tmp_path / 'absent')
+  assert 'could not be read' in cpu.bfloat16_warning(absent, speedup=0.5)
+  assert cpu.bfloat16_warning(absent, speedup=1.5) is None
+  _, _, flags = cpu.description(absent)
   assert flags == []
+
+
+def test_bfloat16_speedup_is_a_finite_positive_ratio():
+  speedup = cpu.bfloat16_speedup(repeats=1)
+  assert 0 < speedup < float('inf')
 
 
 def test_a_bfloat16_run_on_an_avx2_cpu_logs_the_warning_once(
@@ -62,7 +74,8 @@ def test_a_bfloat16_run_on_an_avx2_cpu_logs_the_warning_once(
   policy = tf_keras.mixed_precision.global_policy()
   path = write(tmp_path, AVX2_ONLY)
   monkeypatch.setattr(cpu, 'bfloat16_warning',
-                      functools.partial(cpu.bfloat16_warning, path))
+                      functools.partial(cpu.bfloat16_warning, path,
+                                        speedup=0.3))
   try:
     with caplog.at_level(logging.WARNING):
       runner.set_precision('bfloat16')
