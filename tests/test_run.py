@@ -279,6 +279,17 @@ def _read_tensors(prefix):
           if k != '_CHECKPOINTABLE_OBJECT_GRAPH'}
 
 
+def _assert_same_tensors(first, second):
+  """Two checkpoints' tensors ({key: array}) are equal, key for key, and
+  the model's convolution kernels are among them."""
+  assert first.keys() == second.keys()
+  kernels = 0
+  for key, value in first.items():
+    np.testing.assert_array_equal(value, second[key], err_msg=key)
+    kernels += key.endswith('conv2d/kernel/.ATTRIBUTES/VARIABLE_VALUE')
+  assert kernels > 10  # The model's weights are among the compared tensors.
+
+
 def _start_workers(args_of, ports, log_dir, attempt):
   """Starts the 2 workers of a localhost cluster; worker 1's output is piped
   (stdout and stderr together), worker 0's goes to a file."""
@@ -352,12 +363,7 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_resumes(
     assert proc.returncode == 0, output[-4000:]
     assert 'Resumed from' in output and f'steps {saved} -> {total}' in output
   final = [_read_tensors(os.path.join(d, f'ckpt-{total}')) for d in model_dirs]
-  assert final[0].keys() == final[1].keys()
-  weights = 0
-  for key, value in final[0].items():
-    np.testing.assert_array_equal(value, final[1][key], err_msg=key)
-    weights += key.endswith('conv2d/kernel/.ATTRIBUTES/VARIABLE_VALUE')
-  assert weights > 10  # The model's weights are among the compared tensors.
+  _assert_same_tensors(*final)
   assert final[0]['global_step/.ATTRIBUTES/VARIABLE_VALUE'] == total
   # Training went on from the saved weights: they moved since.
   kernel = next(k for k in final[0] if k.endswith(
@@ -377,17 +383,9 @@ def test_deterministic_runs_give_identical_weights(tmp_path_factory):
   for name in ('first', 'second'):
     model_dir = str(tmp_path_factory.mktemp(f'deterministic_{name}'))
     run_cli(args + [f'--model_dir={model_dir}'])
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
-    tensors.append({k: reader.get_tensor(k)
-                    for k in reader.get_variable_to_shape_map()
-                    if k != '_CHECKPOINTABLE_OBJECT_GRAPH'})
+    tensors.append(_read_tensors(tf.train.latest_checkpoint(model_dir)))
     assert read_json(os.path.join(model_dir, 'flags.json'))['seed'] == 0
-  assert tensors[0].keys() == tensors[1].keys()
-  moved = 0
-  for key, value in tensors[0].items():
-    np.testing.assert_array_equal(value, tensors[1][key], err_msg=key)
-    moved += key.endswith('conv2d/kernel/.ATTRIBUTES/VARIABLE_VALUE')
-  assert moved > 10  # The model's weights are among the compared tensors.
+  _assert_same_tensors(*tensors)
 
 
 def test_cached_linear_eval_of_the_pretrained_encoder(pretrained,

@@ -277,8 +277,8 @@ def main(argv):
                                          xla == 'true')), flush=True)
     return
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tf2.bench_utils import cpu_description  # pylint: disable=g-import-not-at-top
-  model_name, cores, cpu_flags = cpu_description()
+  from simclr import cpu  # pylint: disable=g-import-not-at-top
+  model_name, cores, cpu_flags = cpu.description()
   print(f'CPU: {model_name}, {cores} cores, flags {cpu_flags}', flush=True)
   peak = matmul_peak()
   print(f'matmul peak: {peak}', flush=True)

@@ -67,8 +67,8 @@ def time_setting(memory_size, memory_mode):
 
 def main(argv):
   del argv
-  from tf2.bench_utils import cpu_description  # pylint: disable=g-import-not-at-top
-  model_name, cores, cpu_flags = cpu_description()
+  from simclr import cpu  # pylint: disable=g-import-not-at-top
+  model_name, cores, cpu_flags = cpu.description()
   memory_size = 2 * FLAGS.batch * FLAGS.memory_steps
   print(f'CPU: {model_name}, {cores} cores, flags: {cpu_flags}')
   print(f'ResNet-{FLAGS.depth} {FLAGS.width:g}x, {FLAGS.image_size}x'

@@ -34,9 +34,3 @@ def rate(dataset, pairs_per_element, seconds):
     count += 1
   return count * pairs_per_element / (time.perf_counter() - start)
 
-
-def cpu_description():
-  """(CPU model name, core count, the SIMD / matrix flags that matter for
-  speed) of this machine."""
-  from simclr import cpu  # pylint: disable=g-import-not-at-top
-  return cpu.description()
