@@ -203,8 +203,9 @@ def test_extract_then_show_embedding_end_to_end(digits_dir, tmp_path):
   assert printed, proc.stdout
   # An untrained encoder's features are nearly parallel (cosines ~0.998):
   # float32 against float64 may order a tie at the k-th neighbour
-  # differently and move one query of the 359.
-  assert abs(float(printed.group(1)) - top1) <= 1 / 359 + 1e-9
+  # differently and move one query of the 359; the script prints 4
+  # decimals, so its rounding (up to 5e-5) comes on top.
+  assert abs(float(printed.group(1)) - top1) <= 1 / 359 + 5e-5 + 1e-9
 
 
 @pytest.mark.parametrize('flag, args', [
