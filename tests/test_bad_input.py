@@ -214,6 +214,7 @@ CASES = {
     'bench_unknown_precision': (plain('bench.py', '--precisions=float8'),
                                 '--precisions'),
     'bench_xla_value': (plain('bench.py', '--xla=maybe'), '--xla'),
+    'bench_no_repeats': (plain('bench.py', '--repeats=0'), '--repeats=0'),
     'bench_out_under_a_file': (plain('bench.py', '--out={file}/results.md'),
                                '--out: {file}/results.md'),
     'bench_missing_published_dir': (

@@ -2,7 +2,7 @@ r"""Benchmark: pretraining step throughput, input-pipeline throughput, peak
 memory and achieved GFLOP/s against this machine's measured matmul peak.
 Writes bench/results.md.
 
-    python tf2/bench.py                  # everything (make bench), ~10 min
+    python tf2/bench.py                  # everything (make bench), ~20 min
     python tf2/bench.py --configs=r18_32 --precisions=float32 --xla=false
 
 Each model setting runs in its own process (so peak memory and the XLA /
@@ -10,7 +10,9 @@ mixed-precision state are its own) through the project's real train step
 (simclr.tasks.trainer.Trainer with the pretrain task: forward of both views,
 NT-Xent, linear head, weight decay, LARS update), on in-memory random images so that the
 input pipeline, measured separately, does not limit it. Images/s count both
-views, as the published figures in ../shared/SPEC.md section 5 do.
+views, as the published figures in ../shared/SPEC.md section 5 do. The
+float32 XLA-off setting runs --repeats times (alternating with the published
+step when --published_tf2_dir is given) and the table gives the median.
 """
 
 import datetime
@@ -37,6 +39,10 @@ flags.DEFINE_list('xla', ['false', 'true'], 'jit_compile settings.')
 flags.DEFINE_integer('steps', 0, 'Timed steps per setting (0: about '
                      '--seconds worth).')
 flags.DEFINE_float('seconds', 20, 'Approximate timing per setting.')
+flags.DEFINE_integer('repeats', 3, 'Runs of each float32 XLA-off setting '
+                     '(each in a fresh process, alternating with the '
+                     'published step when --published_tf2_dir is given); '
+                     'the table gives their median and range.')
 flags.DEFINE_bool('input', True, 'Also measure the input pipeline.')
 flags.DEFINE_string('out', os.path.join(ROOT, 'bench', 'results.md'),
                     'Where to write the results table.')
@@ -69,8 +75,10 @@ def _model_flops_per_view(model, image_size):
   return profile.total_float_ops
 
 
-def run_one(config_name, precision, xla):
-  """Times the real pretraining step for one setting; returns a dict."""
+def build_step(config_name, precision, xla):
+  """The project's real pretraining step for one setting, on in-memory
+  random images. Returns (train, model): train(n) runs n steps and returns
+  when they are done."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from simclr import optimization  # pylint: disable=g-import-not-at-top
   from simclr.configs import configs_from_values  # pylint: disable=g-import-not-at-top
@@ -101,38 +109,21 @@ def run_one(config_name, precision, xla):
   dataset = strategy.experimental_distribute_dataset(dataset)
   trainer = Trainer(task, state, configs.optimizer, dataset, strategy,
                     learning_rate=lr, jit_compile=xla, summary_images=0)
-  start = time.time()
-  trainer.train(tf.constant(1, tf.int32))  # trace + compile + first step
-  compile_seconds = time.time() - start
-  start = time.time()
-  trainer.train(tf.constant(1, tf.int32))
-  one_step = time.time() - start
-  steps = FLAGS.steps or max(2, int(FLAGS.seconds / max(one_step, 1e-3)))
-  start = time.time()
-  trainer.train(tf.constant(steps, tf.int32))
-  seconds = time.time() - start
-  views_per_second = steps * 2 * batch / seconds
-  flops = _model_flops_per_view(model, size)
-  return dict(
-      config=config_name, precision=precision, xla=xla, steps=steps,
-      images_per_second=views_per_second,
-      # Training ~ 3x the forward FLOPs (forward, two backward products).
-      gflops_per_second=3 * flops * views_per_second / 1e9,
-      forward_gflops_per_view=flops / 1e9, compile_seconds=compile_seconds,
-      peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss /
-      1024)
+  # Trainer.train returns the loop's metrics as numbers: the steps are done.
+  return lambda steps: trainer.train(tf.constant(steps, tf.int32)), model
 
 
-def run_one_published(config_name, tf2_dir):
-  """Times the published code's pretraining step (its model, contrastive
-  loss, weight decay and LARS, as its run.py's single_step combines them) on
-  the same in-memory images. Runs with TF_USE_LEGACY_KERAS=1, as that code
-  needs the Keras 2 API."""
+def build_published_step(config_name, tf2_dir):
+  """The published code's pretraining step (its model, contrastive loss,
+  weight decay and LARS, as its run.py's single_step combines them) on the
+  same in-memory images; needs TF_USE_LEGACY_KERAS=1 (that code uses the
+  Keras 2 API). Returns train(n), as build_step does."""
+  import importlib  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, tf2_dir)
-  import run as published_run  # pylint: disable=g-import-not-at-top,unused-import  (defines its flags)
-  import model as published_model  # pylint: disable=g-import-not-at-top
-  import objective as published_objective  # pylint: disable=g-import-not-at-top
+  importlib.import_module('run')  # Defines the FLAGS its model.py reads.
+  published_model = importlib.import_module('model')
+  published_objective = importlib.import_module('objective')
   setting = SETTINGS[config_name]
   size, batch = setting['image_size'], setting['batch']
   FLAGS(['bench', f'--resnet_depth={setting["depth"]}',
@@ -157,18 +148,50 @@ def run_one_published(config_name, tf2_dir):
     grads = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
 
-  step()
+  def train(steps):
+    for _ in range(steps):
+      step()
+    tf.constant(0).numpy()  # Waits for the queued steps.
+  return train
+
+
+def _time(train):
+  """(seconds of the first call: tracing + first step, steps timed, their
+  seconds): about --seconds worth after one more untimed step."""
   start = time.time()
-  step()
+  train(1)
+  compile_seconds = time.time() - start
+  start = time.time()
+  train(1)
   one_step = time.time() - start
   steps = FLAGS.steps or max(2, int(FLAGS.seconds / max(one_step, 1e-3)))
   start = time.time()
-  for _ in range(steps):
-    step()
-  tf.constant(0).numpy()
-  seconds = time.time() - start
-  return dict(config=config_name, steps=steps,
-              images_per_second=steps * 2 * batch / seconds)
+  train(steps)
+  return compile_seconds, steps, time.time() - start
+
+
+def run_one(config_name, precision, xla):
+  """Times the real pretraining step for one setting; returns a dict."""
+  train, model = build_step(config_name, precision, xla)
+  compile_seconds, steps, seconds = _time(train)
+  setting = SETTINGS[config_name]
+  views_per_second = steps * 2 * setting['batch'] / seconds
+  flops = _model_flops_per_view(model, setting['image_size'])
+  return dict(
+      config=config_name, precision=precision, xla=xla, steps=steps,
+      images_per_second=views_per_second,
+      # Training ~ 3x the forward FLOPs (forward, two backward products).
+      gflops_per_second=3 * flops * views_per_second / 1e9,
+      forward_gflops_per_view=flops / 1e9, compile_seconds=compile_seconds,
+      peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss /
+      1024)
+
+
+def run_one_published(config_name, tf2_dir):
+  """Times the published step (build_published_step); returns a dict."""
+  _, steps, seconds = _time(build_published_step(config_name, tf2_dir))
+  return dict(config=config_name, steps=steps, images_per_second=steps * 2 *
+              SETTINGS[config_name]['batch'] / seconds)
 
 
 def matmul_peak():
@@ -239,6 +262,8 @@ def check_flags():
   if FLAGS.steps < 0:
     raise ValueError(f'--steps={FLAGS.steps}: expected >= 0 (0: about '
                      f'--seconds worth)')
+  if FLAGS.repeats < 1:
+    raise ValueError(f'--repeats={FLAGS.repeats}: expected >= 1')
   if not FLAGS.seconds > 0:
     raise ValueError(f'--seconds={FLAGS.seconds}: expected > 0')
   try:
@@ -282,59 +307,119 @@ def main(argv):
   print(f'CPU: {model_name}, {cores} cores, flags {cpu_flags}', flush=True)
   peak = matmul_peak()
   print(f'matmul peak: {peak}', flush=True)
-  rows = []
+  # The float32 XLA-off step of each config is timed FLAGS.repeats times,
+  # alternating with the published step when it is timed too, so that a
+  # drift in the machine's speed (1.5x within an hour has been seen on
+  # shared machines) reaches both sides of each pair alike.
+  rows, published = [], {}
   for config_name in FLAGS.configs:
     for precision in FLAGS.precisions:
       for xla in FLAGS.xla:
-        proc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__),
-             f'--one={config_name},{precision},{xla}',
-             f'--seconds={FLAGS.seconds}', f'--steps={FLAGS.steps}'],
-            capture_output=True, text=True, cwd=ROOT,
-            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-        lines = [l for l in proc.stdout.splitlines()
-                 if l.startswith('RESULT ')]
-        if proc.returncode or not lines:
-          print(f'{config_name} {precision} xla={xla}: failed\n'
-                f'{proc.stderr[-2000:]}', flush=True)
-          rows.append(dict(config=config_name, precision=precision,
-                           xla=xla == 'true', failed=True))
-          continue
-        row = json.loads(lines[0][len('RESULT '):])
-        rows.append(row)
-        print(f'{config_name} {precision} xla={xla}: '
-              f'{row["images_per_second"]:.1f} images/s, '
-              f'{row["gflops_per_second"]:.0f} GFLOP/s, peak '
-              f'{row["peak_memory_mb"]:.0f} MB', flush=True)
-  published = {}
-  if FLAGS.published_tf2_dir:
-    for config_name in FLAGS.configs:
-      proc = subprocess.run(
-          [sys.executable, os.path.abspath(__file__),
-           f'--one_published={config_name}',
-           f'--published_tf2_dir={FLAGS.published_tf2_dir}',
-           f'--seconds={FLAGS.seconds}', f'--steps={FLAGS.steps}'],
-          capture_output=True, text=True, cwd=ROOT,
-          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
-                   TF_USE_LEGACY_KERAS='1'))
-      lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
-      if proc.returncode or not lines:
-        print(f'published {config_name}: failed\n{proc.stderr[-2000:]}')
-        continue
-      published[config_name] = json.loads(
-          lines[0][len('RESULT '):])['images_per_second']
-      print(f'published code {config_name} float32: '
-            f'{published[config_name]:.1f} images/s', flush=True)
+        if precision == 'float32' and xla == 'false':
+          row, published_runs = _alternating(config_name, ours=True)
+        else:
+          row, published_runs = _median_row([_child(
+              f'--one={config_name},{precision},{xla}')]), []
+        rows.append(row or dict(config=config_name, precision=precision,
+                                xla=xla == 'true', failed=True))
+        if precision == 'float32' and xla == 'false':
+          published[config_name] = published_runs
+    if FLAGS.published_tf2_dir and config_name not in published:
+      _, published[config_name] = _alternating(config_name, ours=False)
   pipeline = input_throughput() if FLAGS.input else {}
   if pipeline:
     print(f'input pipeline pairs/s: {pipeline}', flush=True)
   write_results(rows, peak, pipeline, model_name, cores, cpu_flags,
-                published)
+                {name: runs for name, runs in published.items() if runs})
   del tf
+
+
+def _alternating(config_name, ours):
+  """FLAGS.repeats runs of our float32 XLA-off step (if `ours`), each
+  followed by a run of the published step when --published_tf2_dir is
+  given. Returns (our median row or None, the published images/s list)."""
+  runs, published_runs = [], []
+  for _ in range(FLAGS.repeats):
+    row = _child(f'--one={config_name},float32,false') if ours else None
+    if row:
+      runs.append(row)
+    if FLAGS.published_tf2_dir:
+      result = _child(f'--one_published={config_name}',
+                      f'--published_tf2_dir={FLAGS.published_tf2_dir}',
+                      TF_USE_LEGACY_KERAS='1')
+      if result:
+        published_runs.append(result['images_per_second'])
+        print(f'published code {config_name} float32: '
+              f'{published_runs[-1]:.1f} images/s', flush=True)
+      if row and result:
+        # Each of our runs against the published run just after it.
+        row['pair_ratio'] = (row['images_per_second'] /
+                             result['images_per_second'])
+  return _median_row(runs), published_runs
+
+
+def _child(*args, **env):
+  """Runs this script with `args` in a fresh process; returns the dict it
+  prints on its RESULT line, or None (after printing why) if it failed."""
+  proc = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), *args,
+       f'--seconds={FLAGS.seconds}', f'--steps={FLAGS.steps}'],
+      capture_output=True, text=True, cwd=ROOT,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **env))
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+  if proc.returncode or not lines:
+    print(f'{" ".join(args)}: failed\n{proc.stderr[-2000:]}', flush=True)
+    return None
+  row = json.loads(lines[0][len('RESULT '):])
+  if 'precision' in row:
+    print(f'{row["config"]} {row["precision"]} xla='
+          f'{str(row["xla"]).lower()}: {row["images_per_second"]:.1f} '
+          f'images/s, {row["gflops_per_second"]:.0f} GFLOP/s, peak '
+          f'{row["peak_memory_mb"]:.0f} MB', flush=True)
+  return row
+
+
+def _median(values):
+  values = sorted(values)
+  middle = len(values) // 2
+  return (values[middle] if len(values) % 2 else
+          (values[middle - 1] + values[middle]) / 2)
+
+
+def _median_row(runs):
+  """One row for repeated runs of a setting (None if every run failed): the
+  median images/s (and the GFLOP/s it implies), every run's images/s and
+  pair ratio beside it, the rest (memory, FLOPs per view) from the run
+  nearest the median."""
+  runs = [r for r in runs if r]
+  if not runs:
+    return None
+  ordered = sorted(runs, key=lambda r: r['images_per_second'])
+  row = dict(ordered[(len(ordered) - 1) // 2])
+  row['all_images_per_second'] = [r['images_per_second'] for r in runs]
+  row['pair_ratios'] = [r['pair_ratio'] for r in runs if 'pair_ratio' in r]
+  row['images_per_second'] = _median(row['all_images_per_second'])
+  row['gflops_per_second'] = (3 * row['forward_gflops_per_view'] *
+                              row['images_per_second'])
+  return row
+
+
+def _spread(values, fmt):
+  """'median (v1, v2, v3)' for repeated values, the value alone for one."""
+  text = fmt.format(_median(values))
+  if len(values) > 1:
+    text += ' (' + ', '.join(fmt.format(v) for v in values) + ')'
+  return text
+
+
+LABELS = {'r18_32': 'ResNet-18 CIFAR 32x32, batch 128',
+          'r50_224': 'ResNet-50 224x224, batch 16'}
 
 
 def write_results(rows, peak, pipeline, model_name, cores, cpu_flags,
                   published):
+  """bench/results.md. `published`: config -> the published step's images/s
+  of each run."""
   lines = [
       '# Benchmark results', '',
       f'Measured {datetime.date.today().isoformat()} by `python tf2/bench.py` '
@@ -345,34 +430,41 @@ def write_results(rows, peak, pipeline, model_name, cores, cpu_flags,
       'Pretraining step (forward of both views, NT-Xent, linear head, LARS '
       'update); images/s count both views. "vs published" divides by the '
       'published code\'s float32 step ' + (
-          'timed in this same run (--published_tf2_dir).' if published else
+          f'timed in this same run (--published_tf2_dir): our float32 XLA-off '
+          f'step and the published one ran {FLAGS.repeats} times each, '
+          f'alternating, each run in a fresh process; the table gives the '
+          f'median with every run in brackets, and for our float32 row the '
+          f'median of the ratios of each pair (our run / the published run '
+          f'just after it). Other rows: one run, divided by the published '
+          f'median.' if published else
           'as quoted for 2 cores of this CPU class in SPEC section 5 (94 and '
           '8.9 images/s; not timed in this run).'),
       '',
       '| setting | precision | XLA | images/s | vs published fp32 | GFLOP/s | '
       '% of matmul peak | peak memory (MB) | input pipeline (images/s) |',
       '|---|---|---|---|---|---|---|---|---|']
-  for config_name, value in published.items():
-    label = {'r18_32': 'ResNet-18 CIFAR 32x32, batch 128',
-             'r50_224': 'ResNet-50 224x224, batch 16'}[config_name]
-    lines.append(f'| {label}, **published code** | float32 | off | '
-                 f'{value:.1f} | 1.00x | | | | |')
-  reference = dict(PUBLISHED, **published)
+  for config_name, values in published.items():
+    lines.append(f'| {LABELS[config_name]}, **published code** | float32 | '
+                 f'off | {_spread(values, "{:.1f}")} | 1.00x | | | | |')
+  reference = dict(PUBLISHED, **{name: _median(values)
+                                 for name, values in published.items()})
   for row in rows:
-    label = {'r18_32': 'ResNet-18 CIFAR 32x32, batch 128',
-             'r50_224': 'ResNet-50 224x224, batch 16'}[row['config']]
+    label = LABELS[row['config']]
     if row.get('failed'):
-      lines.append(f'| {label} | {row["precision"]} | {row["xla"]} | failed '
-                   f'| | | | | |')
+      lines.append(f'| {label} | {row["precision"]} | '
+                   f'{"on" if row["xla"] else "off"} | failed | | | | | |')
       continue
     peak_value = peak['bfloat16' if row['precision'] == 'bfloat16' else
                       'float32']
     pipe = pipeline.get(row['config'])
     pipe_text = f'{2 * pipe:.0f}' if pipe else '-'
+    if row.get('pair_ratios'):
+      versus = _spread(row['pair_ratios'], '{:.2f}x')
+    else:
+      versus = f'{row["images_per_second"] / reference[row["config"]]:.2f}x'
     lines.append(
         f'| {label} | {row["precision"]} | {"on" if row["xla"] else "off"} | '
-        f'{row["images_per_second"]:.1f} | '
-        f'{row["images_per_second"] / reference[row["config"]]:.2f}x | '
+        f'{_spread(row["all_images_per_second"], "{:.1f}")} | {versus} | '
         f'{row["gflops_per_second"]:.0f} | '
         f'{100 * row["gflops_per_second"] / peak_value:.0f}% | '
         f'{row["peak_memory_mb"]:.0f} | {pipe_text} |')
