@@ -7,6 +7,10 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import contextlib  # noqa: E402
+import fcntl  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -61,6 +65,48 @@ def digits_dir(tmp_path_factory):
   path = str(tmp_path_factory.getbasetemp() / 'tfds')
   digits.prepare(path)
   return path
+
+
+# The one pretraining run the end-to-end modules share (tests/test_run.py
+# fine-tunes, distils, resumes and linear-evaluates from it; tests/test_knn.py
+# checks the k-NN accuracy it reported): a tiny ResNet-18 on 32x32 digits,
+# two replicas (logical CPUs), a memory buffer, k-NN evaluation at step 3
+# and 6, checkpoints at 3 and 6, then evaluation and an export.
+SHARED_PRETRAIN_FLAGS = [
+    '--dataset=digits', '--eval_split=test', '--image_size=32',
+    '--resnet_depth=18', '--width_multiplier=0.25', '--train_batch_size=32',
+    '--eval_batch_size=128', '--use_tpu=False', '--seed=1',
+    '--train_mode=pretrain', '--mode=train_then_eval', '--train_steps=6',
+    '--checkpoint_steps=3', '--memory_size=128', '--temperature=0.5',
+    '--knn_eval_steps=3', '--num_logical_cpus=2']
+
+
+@pytest.fixture(scope='session')
+def shared_pretrain(tmp_path_factory, digits_dir):
+  """(model_dir, the run's stdout + stderr) of tf2/run.py with
+  SHARED_PRETRAIN_FLAGS. Run once for the whole suite: the first xdist
+  worker to ask runs it under a file lock in the directory the workers
+  share; the other waits for the lock and reuses the model_dir. Tests only
+  read it."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # The workers' basetemps are siblings in it.
+  model_dir, log = root / 'shared_pretrain', root / 'shared_pretrain.log'
+  with open(root / 'shared_pretrain.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (model_dir / 'result.json').exists():
+      run = os.path.join(os.path.dirname(__file__), '..', 'tf2', 'run.py')
+      proc = subprocess.run(
+          [sys.executable, run] + SHARED_PRETRAIN_FLAGS +
+          [f'--data_dir={digits_dir}', f'--model_dir={model_dir}'],
+          capture_output=True, text=True, timeout=900,
+          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+      if proc.returncode:
+        shutil.rmtree(model_dir, ignore_errors=True)  # No half run reused.
+        raise AssertionError(f'the shared pretraining failed '
+                             f'({proc.returncode}):\n{proc.stderr[-6000:]}')
+      log.write_text(proc.stdout + proc.stderr)
+  return str(model_dir), log.read_text()
 
 
 def reference_dir(name):

@@ -215,6 +215,14 @@ CASES = {
                                 '--precisions'),
     'bench_xla_value': (plain('bench.py', '--xla=maybe'), '--xla'),
     'bench_no_repeats': (plain('bench.py', '--repeats=0'), '--repeats=0'),
+    # tf2/bench_profile.py
+    'profile_unknown_config': (plain('bench_profile.py', '--config=r99_64'),
+                               '--config'),
+    'profile_no_steps': (plain('bench_profile.py', '--profile_steps=0'),
+                         '--profile_steps=0'),
+    'profile_logdir_under_a_file': (
+        plain('bench_profile.py', '--logdir={file}/trace'),
+        '--logdir: {file}/trace'),
     'bench_out_under_a_file': (plain('bench.py', '--out={file}/results.md'),
                                '--out: {file}/results.md'),
     'bench_missing_published_dir': (

@@ -185,27 +185,23 @@ def numpy_knn_of_model(model, data_dir, output_key='final_avg_pool', k=200,
 
 
 def test_pretraining_reports_the_knn_accuracy_of_its_final_model(
-    digits_dir, tmp_path):
-  model_dir = str(tmp_path / 'pretrain')
-  result = simclr.train(
-      train_mode='pretrain', mode='train_then_eval', dataset='digits',
-      data_dir=digits_dir, eval_split='test', image_size=32, resnet_depth=18,
-      width_multiplier=0.25, train_batch_size=32, eval_batch_size=128,
-      train_steps=3, steps_per_loop=1, knn_eval_steps=2, use_tpu=False,
-      seed=0, model_dir=model_dir)
+    shared_pretrain, digits_dir):
+  # The suite's shared run (conftest.SHARED_PRETRAIN_FLAGS): 6 steps on two
+  # replicas with --knn_eval_steps=3.
+  model_dir = shared_pretrain[0]
   top1, top5 = numpy_knn_of_model(simclr.load_model(model_dir), digits_dir)
-  with open(os.path.join(model_dir, 'train_metrics.json')) as f:
-    train_metrics = json.load(f)
-  for reported in (result, train_metrics):
+  for name in ('result.json', 'train_metrics.json'):
+    with open(os.path.join(model_dir, name)) as f:
+      reported = json.load(f)
     assert reported[knn.TOP1_METRIC] == pytest.approx(top1, abs=ONE_QUERY)
     assert reported[knn.TOP5_METRIC] == pytest.approx(top5, abs=ONE_QUERY)
-  # TensorBoard: after step 2 (the multiple of 2) and step 3 (the last).
+  # TensorBoard: after step 3 (the multiple of 3) and step 6 (the last).
   steps = []
   for path in glob.glob(os.path.join(model_dir, 'events.out.tfevents.*')):
     for event in tf.compat.v1.train.summary_iterator(path):
       steps += [event.step for value in event.summary.value
                 if value.tag == knn.TOP1_METRIC]
-  assert sorted(steps) == [2, 3]
+  assert sorted(steps) == [3, 6]
 
 
 def write_model(directory):

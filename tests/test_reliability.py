@@ -144,7 +144,12 @@ def test_sigterm_saves_the_current_step_exits_nonzero_and_resumes(
                '--steps_per_loop=1', '--train_mode=pretrain']),
       env=env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resumed from' in resumed.stderr + resumed.stdout
   assert f'steps {saved} -> {saved + 1}' in resumed.stderr + resumed.stdout
+  # The step counter (optimizer state) continued from the saved one.
+  assert checkpoint_steps(model_dir)[-2:] == [saved, saved + 1]
+  assert read_checkpoint(model_dir, saved)[STEP] == saved
+  assert read_checkpoint(model_dir, saved + 1)[STEP] == saved + 1
 
 
 def test_non_finite_loss_stops_without_saving_it(data_dir, tmp_path):

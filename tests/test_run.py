@@ -1,7 +1,9 @@
 """tf2/run.py end to end on the embedded `digits` data, as a user runs it
-(subprocesses): pretrain -> finetune on 10% labels from the first head layer
--> distill into a smaller student -> eval; 2 replicas; 2 workers; resume;
-strict restore."""
+(subprocesses): the suite's shared pretraining on 2 replicas (conftest) ->
+finetune on 10% labels from the first head layer -> distill into a smaller
+student -> eval; cached linear evaluation; strict restore; 2 workers on
+localhost preempted and resumed (single-process resume:
+tests/test_reliability.py); deterministic runs."""
 
 import json
 import os
@@ -76,17 +78,15 @@ def recount_top1(model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def pretrained(tmp_path_factory):
-  model_dir = str(tmp_path_factory.mktemp('pretrain'))
-  run_cli(COMMON + [
-      data_dir_flag(tmp_path_factory), '--train_mode=pretrain',
-      '--mode=train_then_eval', '--train_steps=6', '--checkpoint_steps=3',
-      '--memory_size=128', '--temperature=0.5', f'--model_dir={model_dir}'])
-  return model_dir
+def pretrained(shared_pretrain):
+  """The suite's shared pretraining run (conftest.SHARED_PRETRAIN_FLAGS: 6
+  steps on two replicas, checkpoints at 3 and 6, train_then_eval)."""
+  return shared_pretrain[0]
 
 
 def test_pretrain_writes_checkpoints_summaries_export_and_results(
-    pretrained, tmp_path_factory):
+    pretrained, shared_pretrain, tmp_path_factory):
+  assert '2 replica(s)' in shared_pretrain[1]  # --num_logical_cpus=2
   assert checkpoint_steps(pretrained) == [3, 6]
   assert os.listdir(os.path.join(pretrained, 'saved_model')) == ['6']
   assert any(f.startswith('events.out.tfevents')
@@ -189,23 +189,6 @@ def test_distill_into_a_smaller_student_then_eval(distilled,
   assert result['eval/num_examples'] == 359
 
 
-def test_resume_continues_from_the_saved_step(pretrained, tmp_path_factory):
-  model_dir = str(tmp_path_factory.mktemp('resume'))
-  args = COMMON + [data_dir_flag(tmp_path_factory), '--train_mode=pretrain',
-                   '--checkpoint_steps=2', f'--model_dir={model_dir}',
-                   '--lineareval_while_pretraining=False']
-  run_cli(args + ['--train_steps=2'])
-  first = tf.train.load_checkpoint(os.path.join(model_dir, 'ckpt-2'))
-  proc = run_cli(args + ['--train_steps=4'])
-  assert 'Resumed from' in proc.stderr + proc.stdout
-  assert 'steps 2 -> 4' in proc.stderr + proc.stdout
-  assert checkpoint_steps(model_dir) == [2, 4]
-  # Optimizer state came back: the step counter continued.
-  last = tf.train.load_checkpoint(os.path.join(model_dir, 'ckpt-4'))
-  assert last.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE') == 4
-  assert first.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE') == 2
-
-
 def test_strict_restore_refuses_a_mismatched_checkpoint(pretrained,
                                                         tmp_path_factory):
   proc = run_cli(COMMON + [
@@ -225,16 +208,6 @@ def test_missing_checkpoint_fails_before_any_computation(tmp_path):
   assert '--checkpoint' in proc.stderr and 'does not exist' in proc.stderr
 
 
-def test_two_replicas_pretrain(tmp_path_factory):
-  model_dir = str(tmp_path_factory.mktemp('two_replicas'))
-  proc = run_cli(COMMON + [
-      data_dir_flag(tmp_path_factory), '--train_mode=pretrain',
-      '--num_logical_cpus=2', '--train_steps=2', '--checkpoint_steps=2',
-      '--memory_size=128', f'--model_dir={model_dir}'])
-  assert '2 replica(s)' in proc.stderr + proc.stdout
-  assert checkpoint_steps(model_dir) == [2]
-
-
 def _free_ports(n):
   sockets = [socket.socket() for _ in range(n)]
   for s in sockets:
@@ -243,34 +216,6 @@ def _free_ports(n):
   for s in sockets:
     s.close()
   return ports
-
-
-def test_two_workers_on_localhost_agree_on_the_loss(tmp_path_factory):
-  ports = _free_ports(2)
-  cluster = {'worker': [f'localhost:{p}' for p in ports]}
-  base = str(tmp_path_factory.mktemp('multi_worker'))
-  data_dir = data_dir_flag(tmp_path_factory)
-  # Prepare the data once so that the workers do not race to write it.
-  digits.prepare(data_dir.split('=', 1)[1])
-  procs = []
-  for index in range(2):
-    tf_config = json.dumps({'cluster': cluster,
-                            'task': {'type': 'worker', 'index': index}})
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', TF_CONFIG=tf_config)
-    procs.append(subprocess.Popen(
-        [sys.executable, RUN] + COMMON + [
-            data_dir, '--train_mode=pretrain', '--train_steps=2',
-            '--checkpoint_steps=2', '--lineareval_while_pretraining=False',
-            f'--model_dir={os.path.join(base, f"worker{index}")}'],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True))
-  outputs = [p.communicate(timeout=TIMEOUT) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-4000:]
-  losses = [read_json(os.path.join(base, f'worker{i}', 'train_metrics.json'))
-            ['train/total_loss'] for i in range(2)]
-  assert np.isfinite(losses[0])
-  assert losses[0] == pytest.approx(losses[1], rel=1e-6)
 
 
 def _read_tensors(prefix):
@@ -364,6 +309,11 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_resumes(
     assert 'Resumed from' in output and f'steps {saved} -> {total}' in output
   final = [_read_tensors(os.path.join(d, f'ckpt-{total}')) for d in model_dirs]
   _assert_same_tensors(*final)
+  # The workers' all-reduced steps agree on the loss too.
+  losses = [read_json(os.path.join(d, 'train_metrics.json'))
+            ['train/total_loss'] for d in model_dirs]
+  assert np.isfinite(losses[0])
+  assert losses[0] == pytest.approx(losses[1], rel=1e-6)
   assert final[0]['global_step/.ATTRIBUTES/VARIABLE_VALUE'] == total
   # Training went on from the saved weights: they moved since.
   kernel = next(k for k in final[0] if k.endswith(
