@@ -72,10 +72,13 @@ def digits_dir(tmp_path_factory):
 # checks the k-NN accuracy it reported): a tiny ResNet-18 on 32x32 digits,
 # two replicas (logical CPUs), a memory buffer, k-NN evaluation at step 3
 # and 6, checkpoints at 3 and 6, then evaluation and an export.
-SHARED_PRETRAIN_FLAGS = [
+# TINY_RUN_FLAGS are the architecture and data flags the runs that start from
+# it (tests/test_run.py) use too.
+TINY_RUN_FLAGS = [
     '--dataset=digits', '--eval_split=test', '--image_size=32',
     '--resnet_depth=18', '--width_multiplier=0.25', '--train_batch_size=32',
-    '--eval_batch_size=128', '--use_tpu=False', '--seed=1',
+    '--eval_batch_size=128', '--use_tpu=False', '--seed=1']
+SHARED_PRETRAIN_FLAGS = TINY_RUN_FLAGS + [
     '--train_mode=pretrain', '--mode=train_then_eval', '--train_steps=6',
     '--checkpoint_steps=3', '--memory_size=128', '--temperature=0.5',
     '--knn_eval_steps=3', '--num_logical_cpus=2']

@@ -18,17 +18,16 @@ import tensorflow as tf
 
 import simclr
 from simclr.data import digits
+from conftest import TINY_RUN_FLAGS
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 RUN = os.path.join(ROOT, 'tf2', 'run.py')
 TIMEOUT = 600
 
-# A tiny ResNet-18 on 32x32 digits; a few steps per run.
-COMMON = [
-    '--dataset=digits', '--eval_split=test', '--image_size=32',
-    '--resnet_depth=18', '--width_multiplier=0.25', '--train_batch_size=32',
-    '--eval_batch_size=128', '--use_tpu=False', '--seed=1',
-]
+# A tiny ResNet-18 on 32x32 digits, the architecture of the shared
+# pretraining run the fine-tuning and distillation start from; a few steps
+# per run.
+COMMON = TINY_RUN_FLAGS
 
 
 def run_cli(args, env=None, check=True):
