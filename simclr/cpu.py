@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 SPEED_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile', 'fma',
                'avx512_vnni')
 # Either gives native bfloat16 arithmetic to oneDNN's convolutions and
-# matmuls; without both, bfloat16 is emulated through float32.
+# matmuls; without either, bfloat16 is emulated through float32.
 NATIVE_BF16_FLAGS = ('avx512_bf16', 'amx_bf16')
 # Measured with ResNet-18 (CIFAR, 32x32) on an AVX2-only AMD EPYC: a
 # 14-step bfloat16 run had not finished after 10 minutes against about 2

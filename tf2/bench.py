@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -316,14 +317,12 @@ def main(argv):
     for precision in FLAGS.precisions:
       for xla in FLAGS.xla:
         if precision == 'float32' and xla == 'false':
-          row, published_runs = _alternating(config_name, ours=True)
+          row, published[config_name] = _alternating(config_name, ours=True)
         else:
-          row, published_runs = _median_row([_child(
-              f'--one={config_name},{precision},{xla}')]), []
+          row = _median_row(
+              [_child(f'--one={config_name},{precision},{xla}')])
         rows.append(row or dict(config=config_name, precision=precision,
                                 xla=xla == 'true', failed=True))
-        if precision == 'float32' and xla == 'false':
-          published[config_name] = published_runs
     if FLAGS.published_tf2_dir and config_name not in published:
       _, published[config_name] = _alternating(config_name, ours=False)
   pipeline = input_throughput() if FLAGS.input else {}
@@ -379,18 +378,11 @@ def _child(*args, **env):
   return row
 
 
-def _median(values):
-  values = sorted(values)
-  middle = len(values) // 2
-  return (values[middle] if len(values) % 2 else
-          (values[middle - 1] + values[middle]) / 2)
-
-
 def _median_row(runs):
   """One row for repeated runs of a setting (None if every run failed): the
   median images/s (and the GFLOP/s it implies), every run's images/s and
-  pair ratio beside it, the rest (memory, FLOPs per view) from the run
-  nearest the median."""
+  pair ratio beside it, the rest (memory, FLOPs per view) from the median
+  run (the lower of the two middle ones for an even count)."""
   runs = [r for r in runs if r]
   if not runs:
     return None
@@ -398,7 +390,7 @@ def _median_row(runs):
   row = dict(ordered[(len(ordered) - 1) // 2])
   row['all_images_per_second'] = [r['images_per_second'] for r in runs]
   row['pair_ratios'] = [r['pair_ratio'] for r in runs if 'pair_ratio' in r]
-  row['images_per_second'] = _median(row['all_images_per_second'])
+  row['images_per_second'] = statistics.median(row['all_images_per_second'])
   row['gflops_per_second'] = (3 * row['forward_gflops_per_view'] *
                               row['images_per_second'])
   return row
@@ -406,7 +398,7 @@ def _median_row(runs):
 
 def _spread(values, fmt):
   """'median (v1, v2, v3)' for repeated values, the value alone for one."""
-  text = fmt.format(_median(values))
+  text = fmt.format(statistics.median(values))
   if len(values) > 1:
     text += ' (' + ', '.join(fmt.format(v) for v in values) + ')'
   return text
@@ -446,7 +438,7 @@ def write_results(rows, peak, pipeline, model_name, cores, cpu_flags,
   for config_name, values in published.items():
     lines.append(f'| {LABELS[config_name]}, **published code** | float32 | '
                  f'off | {_spread(values, "{:.1f}")} | 1.00x | | | | |')
-  reference = dict(PUBLISHED, **{name: _median(values)
+  reference = dict(PUBLISHED, **{name: statistics.median(values)
                                  for name, values in published.items()})
   for row in rows:
     label = LABELS[row['config']]

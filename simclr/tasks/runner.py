@@ -67,8 +67,9 @@ def make_schedule(configs: RunConfigs, num_examples: int) -> Schedule:
 
 
 def set_precision(precision: str, on_cpu: bool = True):
-  """Sets the Keras mixed-precision policy; warns once when bfloat16 would
-  be emulated on this CPU (no accelerator to run it)."""
+  """Sets the Keras mixed-precision policy; with bfloat16 on a CPU (no
+  accelerator to run it), warns once when a short measurement finds
+  bfloat16 slower than float32 here (simclr.cpu.bfloat16_warning)."""
   if precision == 'bfloat16' and on_cpu:
     from simclr import cpu  # pylint: disable=g-import-not-at-top
     warning = cpu.bfloat16_warning()
