@@ -24,6 +24,12 @@ setuptools.setup(
         # Upsamples the embedded digits; draws tf2/show_augmentations.py.
         'Pillow',
         'matplotlib',
+        # simclr.export_onnx / tf2/export_onnx.py: the converter (1.17 is the
+        # first without protobuf~=3.20, which TensorFlow 2.20 cannot use), the
+        # format, and the runtime its parity check runs.
+        'tf2onnx>=1.17',
+        'onnx',
+        'onnxruntime',
     ],
     extras_require={
         'test': [
@@ -41,6 +47,7 @@ setuptools.setup(
             'simclr-knn=tf2.knn_eval:run_main',
             'simclr-extract=tf2.extract_features:run_main',
             'simclr-embedding=tf2.show_embedding:run_main',
+            'simclr-export=tf2.export_onnx:run_main',
         ],
     },
 )

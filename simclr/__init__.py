@@ -16,6 +16,7 @@ _LAZY = {
     'build_model': ('simclr.models.simclr_model', 'build_model'),
     'load_model': ('simclr.checkpoints', 'load_model'),
     'export_saved_model': ('simclr.export', 'export_saved_model'),
+    'export_onnx': ('simclr.onnx_export', 'export_onnx'),
     'train': ('simclr.tasks.runner', 'train'),
     'losses': ('simclr.losses', None),
     'checkpoints': ('simclr.checkpoints', None),
