@@ -23,6 +23,7 @@ from absl import logging
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from simclr import head_labels
 from simclr.configs import ModelConfig
 from simclr.models import resnet as resnet_lib
 from simclr.models.simclr_model import SimCLRModel
@@ -649,16 +650,42 @@ def _assign_published(model: SimCLRModel, prefix: str, root: str,
     raise _unreadable(source, prefix, e) from None
 
 
-def _read_our_config(kind: str, prefix: str, path: str) -> Optional[str]:
+def _our_files_dir(kind: str, prefix: str, path: str) -> Optional[str]:
+  """The directory holding our model_config.json (and head-labels record)
+  for the model at `path`: an export's assets, or the checkpoint's
+  model_dir; None for published-format files."""
   candidates = []
   if kind == 'saved_model':
-    candidates.append(os.path.join(path, 'assets', MODEL_CONFIG_FILE))
-  candidates.append(os.path.join(os.path.dirname(prefix), MODEL_CONFIG_FILE))
+    candidates.append(os.path.join(path, 'assets'))
+  candidates.append(os.path.dirname(prefix))
   for candidate in candidates:
-    if tf.io.gfile.exists(candidate):
-      with tf.io.gfile.GFile(candidate) as f:
-        return f.read()
+    if tf.io.gfile.exists(os.path.join(candidate, MODEL_CONFIG_FILE)):
+      return candidate
   return None
+
+
+def _read_our_config(kind: str, prefix: str, path: str) -> Optional[str]:
+  directory = _our_files_dir(kind, prefix, path)
+  if directory is None:
+    return None
+  with tf.io.gfile.GFile(os.path.join(directory, MODEL_CONFIG_FILE)) as f:
+    return f.read()
+
+
+def head_labels_of(path: str) -> head_labels.HeadLabels:
+  """Which labels the supervised head of the model at `path` (any form
+  load_model reads) was fitted on: our record, or UNRECORDED (every label
+  of an unknown split) for published-format files and model_dirs written
+  before the record existed."""
+  kind, prefix = resolve_checkpoint(path)
+  directory = _our_files_dir(kind, prefix, path)
+  record = None
+  if directory is not None:
+    try:
+      record = head_labels.read(directory)
+    except ValueError as e:
+      raise CheckpointError(f'{path}: {e}') from None
+  return record or head_labels.UNRECORDED
 
 
 def restore_strict(checkpoint: tf.train.Checkpoint, prefix: str, source: str):
@@ -690,7 +717,9 @@ def load_model(path: str, **config_overrides) -> SimCLRModel:
   train_mode, fine_tune_after_block) or change the head only where the
   variables still fit. Raises CheckpointError when the path is
   none of these, a file is damaged, or the variables do not fit; nothing is
-  left randomly initialised.
+  left randomly initialised. The model's `head_labels` attribute says which
+  labels its supervised head was fitted on (simclr.head_labels.HeadLabels;
+  UNRECORDED for files that do not record it).
 
   Data only: this reads tensors (the variables' values and the checkpoint's
   object graph, a protocol buffer of names) and JSON, and builds the model
@@ -713,6 +742,7 @@ def load_model(path: str, **config_overrides) -> SimCLRModel:
       layout = _layout(paths)
       if layout == 'legacy':
         restore_strict(tf.train.Checkpoint(model=model), prefix, path)
+        model.head_labels = head_labels_of(path)
         return model
       if layout == 'published':
         root = 'model/'
@@ -723,6 +753,7 @@ def load_model(path: str, **config_overrides) -> SimCLRModel:
           f'tf_keras model (model/resnet/...); variables seen: '
           f'{sorted(paths)[:5]}')
     _assign_published(model, prefix, root, paths, path)
+    model.head_labels = head_labels_of(path)
     return model
   if root is None:
     raise CheckpointError(
@@ -735,6 +766,7 @@ def load_model(path: str, **config_overrides) -> SimCLRModel:
   config = config.replace(**config_overrides)
   model = build_model(config)
   _assign_published(model, prefix, root, paths, path)
+  model.head_labels = head_labels.UNRECORDED
   return model
 
 
@@ -794,12 +826,17 @@ def ft_proj_selector_of(path: str, flag_value: Optional[int],
 def init_from_checkpoint(model: SimCLRModel, path: str,
                          with_supervised_head: bool = True,
                          source_ft_proj_selector: Optional[int] = None,
-                         require_supervised_head: bool = False) -> bool:
+                         require_supervised_head: bool = False,
+                         labels: Optional[head_labels.HeadLabels] = None
+                         ) -> bool:
   """Copies the encoder and projection head of the model at `path` (any form
   load_model reads) into `model`, strictly; and the supervised head when
   `with_supervised_head`, it exists there with the same shape and the same
   ft_proj_selector (see ft_proj_selector_of; source_ft_proj_selector is what
-  --checkpoint_ft_proj_selector says), and zero_init_logits_layer is off.
+  --checkpoint_ft_proj_selector says), zero_init_logits_layer is off, and
+  it was fitted on labels the new run may see: `labels` are the new run's
+  (None: no restriction, e.g. evaluation), compared with the record at
+  `path` by simclr.head_labels.why_not_reusable.
   Returns whether the supervised head was copied; with
   require_supervised_head, not copying it is an error (evaluating a head
   that was never trained would report chance as a result). Raises
@@ -840,6 +877,11 @@ def init_from_checkpoint(model: SimCLRModel, path: str,
   if selector != model.config.ft_proj_selector:
     reasons.append(f'it reads projection-head output {selector} there, '
                    f'{model.config.ft_proj_selector} here (--ft_proj_selector)')
+  leak = None
+  if labels is not None and head is not None and source_head is not None:
+    leak = head_labels.why_not_reusable(source.head_labels, labels)
+    if leak:
+      reasons.append(leak)
   if not reasons:
     copy_layer(source_head, head, path, 'supervised head')
     logging.info('Supervised head restored from %s', path)
@@ -848,7 +890,10 @@ def init_from_checkpoint(model: SimCLRModel, path: str,
     raise CheckpointError(f'{path}: its supervised head cannot be used: '
                           f'{"; ".join(reasons)}')
   if head is not None:
-    logging.info('Supervised head starts from its initialisation (%s): %s',
-                 'zeros' if model.config.zero_init_logits_layer else
-                 'random normal, stddev 0.01', '; '.join(reasons))
+    # A head withheld because of its labels is worth a warning: the user
+    # may have expected it to be reused.
+    log = logging.warning if leak else logging.info
+    log('Supervised head of %s not used, it starts from %s: %s', path,
+        'zeros' if model.config.zero_init_logits_layer else
+        'random normal, stddev 0.01', '; '.join(reasons))
   return False

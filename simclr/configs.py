@@ -313,6 +313,9 @@ PRECISIONS = ('float32', 'bfloat16', 'float16')
 RUN_MODES = ('train', 'eval', 'train_then_eval')
 # --memory_mode: the two readings of SimCLRv2's memory (README, Training).
 MEMORY_MODES = ('negatives', 'moco')
+# What distillation trains on: every training image ('all', SimCLRv2's
+# default) or only the label subset's ('labeled', Table 2's second row).
+DISTILL_ON = ('all', 'labeled')
 OPTIMIZERS = ('lars', 'momentum', 'adam')
 LEARNING_RATE_SCALINGS = ('linear', 'sqrt')
 STRATEGIES = ('auto', 'tpu', 'mirrored', 'multi_worker', 'cpu')
@@ -342,6 +345,14 @@ class TrainConfig:
     ft_proj_selector the teacher / --checkpoint was fine-tuned with (None:
     read from our files, 0 for published-format ones, which do not record it).
   distill_temperature / distill_alpha: Eq. 2 / Eq. 3 of SimCLRv2.
+  distill_on: 'all' training images (unlabeled ones included) or only the
+    'labeled' ones of the label subset.
+  distill_temperature_squared: multiply the distillation term by
+    distill_temperature**2 (Hinton et al.; the published distillation colab
+    does, SimCLRv2's Eq. 2 does not).
+  allow_other_label_subset: distill with a label subset other than the one
+    the teacher's head was fitted on (or with a subset under a teacher
+    fitted on every label), on purpose; refused otherwise.
   linear_eval_protocol: 'cached' (features of centre crops computed once, a
     logistic regression fitted to them by scikit-learn) or 'augmented' (crop
     + flip each step, the published protocol).
@@ -380,6 +391,9 @@ class TrainConfig:
   memory_mode: str = 'negatives'
   distill_temperature: float = 1.0
   distill_alpha: float = 1.0
+  distill_on: str = 'all'
+  distill_temperature_squared: bool = False
+  allow_other_label_subset: bool = False
   linear_eval_protocol: str = 'cached'
   precision: str = 'float32'
   jit_compile: bool = False
@@ -410,6 +424,8 @@ class TrainConfig:
       fail('distill_temperature', '> 0')
     if not 0 <= self.distill_alpha <= 1:
       fail('distill_alpha', 'in [0, 1]')
+    if self.distill_on not in DISTILL_ON:
+      fail('distill_on', f'one of {DISTILL_ON}')
     if self.memory_size < 0:
       fail('memory_size', '>= 0 (0 disables the memory)')
     if not 0 <= self.memory_momentum < 1:

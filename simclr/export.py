@@ -13,7 +13,9 @@ The exported root object offers:
 - a `serving_default` signature `images -> {key: tensor}` in inference mode,
   for saved_model_cli, TF Serving and Keras 3's `TFSMLayer`;
 - the ModelConfig as `assets/model_config.json`, from which
-  `simclr.load_model` rebuilds the tf_keras model.
+  `simclr.load_model` rebuilds the tf_keras model, and which labels the
+  supervised head was fitted on (`assets/head_labels.json`, see
+  simclr.head_labels).
 
 Only the variables and the traced functions are saved, not the tf_keras
 model: Keras' own SavedModel serialisation traces every layer separately,
@@ -31,12 +33,13 @@ import contextlib
 import os
 import tempfile
 import uuid
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
 from simclr.checkpoints import MODEL_CONFIG_FILE
 from simclr.checkpoints import published_model_tree
+from simclr.head_labels import HeadLabels
 from simclr.models.simclr_model import OUTPUT_KEYS
 from simclr.models.simclr_model import SimCLRModel
 
@@ -62,7 +65,8 @@ class _ExportedModel(tf.Module):
   variables = ()
   trainable_variables = ()
 
-  def __init__(self, model: SimCLRModel, config_asset: str):
+  def __init__(self, model: SimCLRModel, config_asset: str,
+               other_assets: Sequence[str] = ()):
     super().__init__(name='simclr_export')
     # A plain function, not the Keras model, so that only the variables (via
     # `model` below) and the traced functions are saved.
@@ -74,6 +78,7 @@ class _ExportedModel(tf.Module):
     self.trainable_variables_list = list(model.trainable_variables)
     self.regularization_losses = []
     self.model_config_file = tf.saved_model.Asset(config_asset)
+    self.other_files = [tf.saved_model.Asset(path) for path in other_assets]
 
   def _outputs(self, images, training: bool) -> Dict[str, tf.Tensor]:
     outputs = self._forward(images, training=training)
@@ -113,8 +118,13 @@ def _cross_replica_context(model: SimCLRModel):
 
 
 def export_saved_model(model: SimCLRModel, export_dir: str,
-                       keep_max: int = 0) -> str:
+                       keep_max: int = 0,
+                       head_labels: Optional[HeadLabels] = None) -> str:
   """Writes `model` as a SavedModel at `export_dir` and returns that path.
+
+  head_labels: which labels the supervised head was fitted on, kept as
+  assets (simclr.head_labels) for load_model, fine-tuning and distillation
+  to read; defaults to `model.head_labels` when load_model set it.
 
   The export is written to a hidden sibling directory and renamed into place,
   so `export_dir` is either absent, the previous export, or the complete new
@@ -137,11 +147,17 @@ def export_saved_model(model: SimCLRModel, export_dir: str,
       config_path = os.path.join(local, MODEL_CONFIG_FILE)
       with open(config_path, 'w') as f:
         f.write(model.config.to_json())
+      record = head_labels or getattr(model, 'head_labels', None)
+      other_assets = []
+      if record is not None and model.supervised_head is not None:
+        record.write(local)
+        other_assets = [os.path.join(local, name) for name in sorted(
+            os.listdir(local)) if name != MODEL_CONFIG_FILE]
       # In a cross-replica context, synchronized (global) batch norm
       # computes plain batch statistics: the export holds no cross-replica
       # collectives (their custom gradients do not survive a SavedModel).
       with _cross_replica_context(model):
-        exported = _ExportedModel(model, config_path)
+        exported = _ExportedModel(model, config_path, other_assets)
         signatures = exported.trace()
         tf.saved_model.save(exported, temporary, signatures=signatures)
     if tf.io.gfile.exists(export_dir):

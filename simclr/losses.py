@@ -275,7 +275,9 @@ def distillation(teacher_logits, student_logits,
 
 
 def distillation_terms(teacher_logits, student_logits, labels, alpha: float,
-                       temperature: float) -> DistillationOutputs:
+                       temperature: float,
+                       temperature_squared: bool = False
+                       ) -> DistillationOutputs:
   """The two terms of SimCLRv2 Eq. 3, kept apart for the metrics:
   alpha * distillation (Eq. 2) of all examples
   + (1 - alpha) * cross-entropy of the labeled examples.
@@ -293,6 +295,9 @@ def distillation_terms(teacher_logits, student_logits, labels, alpha: float,
       only, the labels then only feed supervised_accuracy).
     temperature: tau of the distillation term; the label term uses the
       student's plain softmax (tau = 1), as it predicts the true class.
+    temperature_squared: multiply the distillation term by tau**2 (Hinton
+      et al.: keeps its gradients' scale independent of tau; the published
+      distillation colab does it, SimCLRv2's Eq. 2 does not).
 
   Returns:
     DistillationOutputs, scalar float32 each.
@@ -301,6 +306,8 @@ def distillation_terms(teacher_logits, student_logits, labels, alpha: float,
   student = tf.cast(student_logits, tf.float32)
   batch_size = tf.cast(tf.shape(student)[0], tf.float32)
   distill = _distillation_per_example(teacher, student, temperature)
+  if temperature_squared:
+    distill = distill * (temperature ** 2)
   cross_entropy, labeled, correct = _labeled_cross_entropy(labels, student)
   agrees = tf.equal(tf.argmax(teacher, -1), tf.argmax(student, -1))
   return DistillationOutputs(

@@ -71,3 +71,8 @@ def check_demo_flags(values, supported_fractions: Iterable[float]):
     if value not in supported:
       fail(f'--label_fractions: {fraction} has no demo settings; expected '
            f'some of {",".join(f"{f:g}" for f in supported)}')
+  known = ('pretrain', 'finetune', 'supervised', 'distill', 'raw')
+  for group in getattr(values, 'tune_groups', None) or []:
+    if group not in known:
+      fail(f'--tune_groups: {group!r} is not a grid; expected some of '
+           f'{",".join(known)}')

@@ -59,6 +59,10 @@ flags.DEFINE_list('label_fractions', ['0.01', '0.1'],
 flags.DEFINE_bool('tune', False, 'Run the validation grids that chose the '
                   'settings (train[:80%] / train[80%:]) instead of the demo; '
                   'writes <out>/tuning.md.')
+flags.DEFINE_list('tune_groups', ['pretrain', 'finetune', 'supervised',
+                                  'distill', 'raw'],
+                  'With --tune: the grids to run (pretrain, finetune, '
+                  'supervised, distill, raw).')
 
 TRAIN_SPLIT, TEST_SPLIT = 'train', 'test'
 VALIDATION_SPLITS = ('train[:80%]', 'train[80%:]')
@@ -401,7 +405,8 @@ def main(argv):
   started = time.time()
   if FLAGS.tune:
     from tf2 import demo_tuning  # pylint: disable=g-import-not-at-top
-    demo_tuning.tune(sys.modules[__name__], out, FLAGS.data_dir, fractions)
+    demo_tuning.tune(sys.modules[__name__], out, FLAGS.data_dir, fractions,
+                     groups=FLAGS.tune_groups)
     return
   rows = []
   for seed in [int(s) for s in FLAGS.seeds]:

@@ -51,8 +51,13 @@ DISTILL_GRID = {
     'tau 1, whole digits': dict(crop_min_area=1.0),
     'tau 0.1 (the paper\'s for fine-tuned teachers)': dict(
         distill_temperature=0.1),
+    'tau 0.1, loss x tau^2 (Hinton; the published colab)': dict(
+        distill_temperature=0.1, distill_temperature_squared=True),
     'alpha 0.5 (the subset\'s labels too)': dict(distill_alpha=0.5),
 }
+# The grids --tune runs, in order (--tune_groups picks some; the pretraining
+# candidate with the demo's settings always runs: the others start from it).
+GROUPS = ('pretrain', 'finetune', 'supervised', 'distill', 'raw')
 RAW_C = (0.1, 1.0, 10.0, 100.0)
 RAW_K = (1, 3, 5)
 
@@ -104,7 +109,7 @@ def _pipeline(out, data_dir, name):
                        eval_split, data_dir)
 
 
-def tune(demo_module, out, data_dir, fractions):
+def tune(demo_module, out, data_dir, fractions, groups=GROUPS):
   global demo
   demo = demo_module
   started = time.time()
@@ -123,6 +128,8 @@ def tune(demo_module, out, data_dir, fractions):
   # Pretraining.
   lines = []
   for name, changes in PRETRAIN_GRID.items():
+    if changes and 'pretrain' not in groups:
+      continue
     pipeline = _pipeline(out, data_dir, 'pretrain_' + name.split(' ')[0] +
                          str(len(lines)))
     augment = {k: changes[k] for k in demo.AUGMENT if k in changes}
@@ -156,6 +163,8 @@ def tune(demo_module, out, data_dir, fractions):
                              SUPERVISED_GRID, 'supervised'),
                             ('Distillation: self-distilled student, then the '
                              'smaller one', DISTILL_GRID, 'distill')):
+    if kind not in groups:
+      continue
     lines = []
     columns = [f'{100 * f:g}% labels' for f in fractions]
     if kind == 'distill':
@@ -199,6 +208,8 @@ def tune(demo_module, out, data_dir, fractions):
               '---|' * (len(columns) + 1), lines)
 
   # Raw pixels.
+  if 'raw' not in groups:
+    return
   from sklearn import linear_model  # pylint: disable=g-import-not-at-top
   from sklearn import neighbors  # pylint: disable=g-import-not-at-top
   lines = []

@@ -159,6 +159,20 @@ flags.DEFINE_float('distill_temperature', 1.0,
 flags.DEFINE_float('distill_alpha', 1.0,
                    'distill: weight of the distillation loss; below 1 the '
                    'rest is labeled cross-entropy (SimCLRv2 Eq. 3).')
+flags.DEFINE_enum('distill_on', 'all', ['all', 'labeled'],
+                  'distill: the images the student learns the teacher\'s '
+                  'predictions on: "all" training images (SimCLRv2), or '
+                  'only the "labeled" ones of the label subset (Table 2\'s '
+                  '"label + distillation on labeled set").')
+flags.DEFINE_bool('distill_temperature_squared', False,
+                  'distill: multiply the distillation loss by '
+                  'distill_temperature**2 (Hinton et al., the published '
+                  'distillation colab); SimCLRv2\'s Eq. 2 does not.')
+flags.DEFINE_bool('allow_other_label_subset', False,
+                  'distill: accept a label subset other than the one the '
+                  'teacher was fine-tuned on, or a subset under a teacher '
+                  'fitted on every label (the student then counts as '
+                  'trained on every label).')
 flags.DEFINE_float('train_label_fraction', 1.0,
                    'finetune: class-balanced fraction of the train split '
                    'with labels (e.g. 0.01, 0.1); the chosen ids are '

@@ -30,7 +30,7 @@ Labels are class indices (-1 for unlabeled data). Pixels are in [0, 1].
 """
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -158,6 +158,17 @@ class Inputs:
         logging.info('Label subset ids written to %s', path)
     self._subset_ids = chosen
     return chosen
+
+  def use_label_subset(self, ids: Sequence[str], origin: str):
+    """Makes `ids` the label subset from now on, instead of what the config
+    says (e.g. the subset a distillation teacher was fine-tuned on, read
+    from `origin`). Raises ValueError naming `origin` if an id is not in the
+    train split."""
+    available, _ = self.source.ids_and_labels(self.config.train_split)
+    subsets.check_ids(ids, available, origin)
+    self._subset_ids = np.array(sorted(set(ids)), dtype=object)
+    logging.info('Label subset: %d ids from %s', len(self._subset_ids),
+                 origin)
 
   @property
   def label_subset_path(self) -> Optional[str]:

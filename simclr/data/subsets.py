@@ -97,6 +97,6 @@ def check_ids(requested: Sequence[str], available: Sequence[str], path: str):
   missing = sorted(set(requested) - set(available))
   if missing:
     raise ValueError(
-        f'label subset file {path!r}: {len(missing)} of {len(set(requested))}'
+        f'label subset {path!r}: {len(missing)} of {len(set(requested))}'
         f' ids are not in the split (e.g. {missing[:3]}); is it the right '
         f'dataset and split?')

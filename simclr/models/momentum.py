@@ -68,6 +68,11 @@ class MomentumEncoder(tf.Module):
     config = online_model.config.replace(num_classes=0)
     self.momentum_model = build_model(config)
     self._check_pairs(online_model)
+    self.copy_from(online_model)
+
+  def copy_from(self, online_model: SimCLRModel):
+    """Sets the momentum weights to the online model's (e.g. after the
+    online model was initialised from another run's checkpoint)."""
     for target, source in zip(_encoder_and_head_weights(self.momentum_model),
                               _encoder_and_head_weights(online_model)):
       target.assign(source)

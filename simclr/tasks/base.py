@@ -8,7 +8,10 @@ A task's seams, in the order a run calls them:
   prepare(strategy)        load what the task reads but does not train
                            (distill: the teacher)
   model_config()           the ModelConfig of the model that trains
-  initialize(model, path)  weights from --checkpoint when model_dir has none
+  head_labels()            which labels the head it trains is fitted on
+                           (recorded in model_dir; bounds what a supervised
+                           head from --checkpoint may have seen)
+  initialize(state, path)  weights from --checkpoint when model_dir has none
   extra_state(state)       trackables trained or updated beside the model and
                            checkpointed with it (pretrain: the memory)
   metric_names()           the train/<name> metrics of its steps
@@ -29,6 +32,7 @@ from simclr import losses
 from simclr.configs import ModelConfig
 from simclr.configs import RunConfigs
 from simclr.data import Inputs
+from simclr.head_labels import HeadLabels
 from simclr.models.simclr_model import SimCLRModel
 
 
@@ -105,15 +109,34 @@ class Task:
   def model_config(self) -> ModelConfig:
     raise NotImplementedError
 
-  def initialize(self, model: SimCLRModel, path: str):
-    """Initialises `model` from --checkpoint (model_dir has no checkpoint)."""
-    checkpoints.init_from_checkpoint(
-        model, path, source_ft_proj_selector=(
-            self.configs.train.checkpoint_ft_proj_selector))
+  def run_labels(self) -> Optional[HeadLabels]:
+    """The labels the run reads: the label subset, or every label of the
+    train split (None without inputs or labels)."""
+    if self.inputs is None or not self.num_classes:
+      return None
+    data = self.configs.data
+    ids = self.inputs.label_subset()
+    if ids is None:
+      return HeadLabels.every_label(data.dataset, data.train_split)
+    return HeadLabels.of_subset(data.dataset, data.train_split, ids)
 
-  def initialize_without_checkpoint(self, model: SimCLRModel):
+  def head_labels(self) -> Optional[HeadLabels]:
+    """The labels the supervised head this run trains is fitted on (None:
+    no supervised head). A head from --checkpoint is reused only when it was
+    fitted on labels within these."""
+    return self.run_labels()
+
+  def initialize(self, state: TrainingState, path: str):
+    """Initialises the model from --checkpoint (model_dir has no
+    checkpoint)."""
+    checkpoints.init_from_checkpoint(
+        state.model, path, source_ft_proj_selector=(
+            self.configs.train.checkpoint_ft_proj_selector),
+        labels=self.head_labels())
+
+  def initialize_without_checkpoint(self, state: TrainingState):
     """Called instead of `initialize` when there is no --checkpoint."""
-    del model
+    del state
 
   def extra_state(self, state: TrainingState) -> Dict[str, tf.Module]:
     """Built inside the strategy's scope, before any restore."""

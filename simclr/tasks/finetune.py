@@ -33,7 +33,7 @@ class FinetuneTask(Task):
     return self.configs.model.replace(num_classes=self.num_classes,
                                       linear_probe=False)
 
-  def initialize_without_checkpoint(self, model):
+  def initialize_without_checkpoint(self, state):
     logging.warning('No --checkpoint: fine-tuning from random weights '
                     '(supervised training from scratch).')
 

@@ -56,9 +56,10 @@ class LinearEvalTask(Task):
         num_classes=self.num_classes, fine_tune_after_block=4,
         ft_proj_selector=0, linear_probe=False)
 
-  def initialize(self, model, path):
+  def initialize(self, state, path):
     # The classifier always starts afresh: it is what linear evaluation fits.
-    checkpoints.init_from_checkpoint(model, path, with_supervised_head=False)
+    checkpoints.init_from_checkpoint(state.model, path,
+                                     with_supervised_head=False)
 
   def metric_names(self) -> List[str]:
     return ['supervised_loss', 'supervised_acc']

@@ -15,12 +15,13 @@ keeps; --memory_mode says how they enter the loss:
 - 'moco': positives and in-batch candidates are the momentum keys too.
 """
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import tensorflow as tf
 
 from simclr import losses
 from simclr.configs import ModelConfig
+from simclr.head_labels import HeadLabels
 from simclr.models.momentum import MemoryQueue
 from simclr.models.momentum import MomentumEncoder
 from simclr.models.momentum import check_memory_size
@@ -63,6 +64,20 @@ class PretrainTask(Task):
     return self.configs.model.replace(
         num_classes=self.num_classes if self.linear_head else None,
         linear_probe=True)
+
+  def head_labels(self) -> Optional[HeadLabels]:
+    # The linear probe reads every label of the split.
+    if not self.linear_head:
+      return None
+    data = self.configs.data
+    return HeadLabels.every_label(data.dataset, data.train_split)
+
+  def initialize(self, state, path):
+    super().initialize(state, path)
+    if self.memory:
+      # Built from the initial weights before this; the first keys must come
+      # from the network the run starts from.
+      state.extras['momentum_encoder'].copy_from(state.model)
 
   def extra_state(self, state: TrainingState) -> Dict[str, tf.Module]:
     if not self.memory:

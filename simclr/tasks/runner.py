@@ -31,6 +31,7 @@ from simclr import paths
 from simclr.configs import RunConfigs
 from simclr.configs import SUBSET_PIPELINES
 from simclr.configs import configs_from_values
+from simclr.head_labels import HeadLabels
 from simclr.models.simclr_model import SimCLRModel
 from simclr.models.simclr_model import build_model
 from simclr.tasks import TASKS
@@ -97,8 +98,10 @@ def write_json(path: str, value):
   tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
 
 
-def export(model: SimCLRModel, model_dir: str, step: int, keep: int):
-  """Writes model_dir/saved_model/<step>/, keeping the newest `keep`.
+def export(model: SimCLRModel, model_dir: str, step: int, keep: int,
+           head_labels: Optional[HeadLabels] = None):
+  """Writes model_dir/saved_model/<step>/, keeping the newest `keep`;
+  head_labels: what the supervised head was fitted on (kept with it).
 
   The export is made from a copy of the model built outside the training
   strategy: a SavedModel signature cannot capture distributed variables
@@ -110,7 +113,8 @@ def export(model: SimCLRModel, model_dir: str, step: int, keep: int):
     plain = build_model(model.config)
     checkpoints.copy_layer(model, plain, 'the trained model', 'weights')
     model = plain
-  export_lib.export_saved_model(model, os.path.join(directory, str(step)))
+  export_lib.export_saved_model(model, os.path.join(directory, str(step)),
+                                head_labels=head_labels)
   export_lib.prune_exports(directory, keep)
   logging.info('Exported SavedModel to %s/%d', directory, step)
 
@@ -171,6 +175,9 @@ class Run:
     self._check_splits()
     if self.task.pipeline in SUBSET_PIPELINES + ('distill',):
       self._check_label_subset()
+    # Which labels the head this run trains is fitted on (model_dir's
+    # head_labels.json); the task may have adopted a teacher's subset.
+    self.head_labels = self.task.head_labels()
     # The last k-NN values of training (knn_lib.KnnMonitor), for the results.
     self.knn_metrics = {}
     if train.knn_eval_steps:
@@ -245,6 +252,8 @@ class Run:
     with tf.io.gfile.GFile(
         os.path.join(self.model_dir, checkpoints.MODEL_CONFIG_FILE), 'w') as f:
       f.write(model.config.to_json())
+    if model.supervised_head is not None and self.head_labels is not None:
+      self.head_labels.write(self.model_dir)
 
   def _restore_or_initialize(self, state: TrainingState):
     """Resumes from model_dir's newest checkpoint (in the layout it was
@@ -263,10 +272,10 @@ class Run:
                    int(state.global_step.numpy()))
     elif train.checkpoint:
       with self.strategy.scope():
-        self.task.initialize(state.model, train.checkpoint)
+        self.task.initialize(state, train.checkpoint)
       logging.info('Initialised from --checkpoint=%s', train.checkpoint)
     else:
-      self.task.initialize_without_checkpoint(state.model)
+      self.task.initialize_without_checkpoint(state)
     return manager
 
   # -- modes ----------------------------------------------------------------
@@ -294,7 +303,8 @@ class Run:
     else:
       self._train_loop(state, manager, schedule)
     step = int(state.global_step.numpy())
-    export(state.model, self.model_dir, step, train.keep_hub_module_max)
+    export(state.model, self.model_dir, step, train.keep_hub_module_max,
+           self.head_labels)
     return state
 
   def _train_loop(self, state, manager, schedule):
@@ -400,7 +410,8 @@ class Run:
           source_ft_proj_selector=train.checkpoint_ft_proj_selector,
           require_supervised_head=True)
       result = self.evaluate(model, 0)
-      export(model, self.model_dir, 0, train.keep_hub_module_max)
+      export(model, self.model_dir, 0, train.keep_hub_module_max,
+             checkpoints.head_labels_of(train.checkpoint))
       return result
     if not latest and not train.eval_wait_secs:
       raise RunError(
@@ -421,7 +432,8 @@ class Run:
       checkpoints.restore_strict(reader, path, path)
       step = int(global_step.numpy())
       result = self.evaluate(model, step)
-      export(model, self.model_dir, step, train.keep_hub_module_max)
+      export(model, self.model_dir, step, train.keep_hub_module_max,
+             checkpoints.head_labels_of(path))
       if step >= self.schedule.train_steps:
         break
     if result is None:
