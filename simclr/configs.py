@@ -337,6 +337,9 @@ class TrainConfig:
   checkpoint_steps / checkpoint_epochs: checkpoint interval (steps overrides).
   steps_per_loop: steps inside one tf.function call between progress lines
     and summaries (0: the checkpoint interval, as published).
+  export_saved_model: write model_dir/saved_model/<step>/ at the end (False
+    skips it: the checkpoint alone serves load_model, fine-tuning and
+    distillation; exporting traces the model five times).
   memory_size / memory_momentum / memory_mode: SimCLRv2's memory of momentum
     keys (memory_size 0: off); 'negatives' adds the queued keys as negatives
     to SimCLR's loss, 'moco' also takes positives and in-batch candidates
@@ -383,6 +386,7 @@ class TrainConfig:
   steps_per_loop: int = 0
   keep_checkpoint_max: int = 5
   keep_hub_module_max: int = 1
+  export_saved_model: bool = True
   temperature: float = 0.1
   hidden_norm: bool = True
   lineareval_while_pretraining: bool = True

@@ -27,7 +27,7 @@ COMMON = dict(
     use_tpu=False, global_bn=False, seed=0, deterministic=True,
     train_batch_size=8, eval_batch_size=16, steps_per_loop=1,
     color_jitter_strength=0.0, use_blur=False, crop_min_area=0.5,
-    mode='train')
+    mode='train', export_saved_model=False)
 
 
 @pytest.fixture(scope='module')
@@ -95,7 +95,8 @@ def dark_only_finetune(tmp_path_factory, two_class_folder, pretrained,
   model_dir = str(tmp_path_factory.mktemp('runs') / 'finetune_dark')
   simclr.train(**finetune_flags(two_class_folder, model_dir,
                                 checkpoint=pretrained,
-                                label_subset_file=dark_subset_file))
+                                label_subset_file=dark_subset_file,
+                                export_saved_model=True))
   return model_dir
 
 
@@ -278,3 +279,9 @@ def test_reuse_rule():
   # Every label of another split is not this run's labels.
   assert allowed(every, head_labels.HeadLabels.every_label(
       'digits', 'train[:80%]')) is not None
+
+
+def test_export_saved_model_false_writes_no_saved_model(pretrained,
+                                                        dark_only_finetune):
+  assert not os.path.exists(os.path.join(pretrained, 'saved_model'))
+  assert os.listdir(os.path.join(dark_only_finetune, 'saved_model')) == ['1']

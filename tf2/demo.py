@@ -31,7 +31,6 @@ demo_out/embedding.png, the augmentation picture to
 demo_out/augmentations.png.
 """
 
-import json
 import os
 import sys
 import time
@@ -39,10 +38,11 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
+
+from tf2 import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', os.path.join(ROOT, 'demo_out'), 'Output folder.')
@@ -64,48 +64,13 @@ flags.DEFINE_list('tune_groups', ['pretrain', 'finetune', 'supervised',
                   'With --tune: the grids to run (pretrain, finetune, '
                   'supervised, distill, raw).')
 
-TRAIN_SPLIT, TEST_SPLIT = 'train', 'test'
-VALIDATION_SPLITS = ('train[:80%]', 'train[80%:]')
-
-# Architectures: the teacher / self-distilled student, and the smaller
-# student of big-to-small distillation.
-TEACHER = dict(resnet_depth=18, width_multiplier=0.25)
-SMALL = dict(resnet_depth=18, width_multiplier=0.125)
-# The digits are 8x8 scans: 16x16 keeps every pixel at a quarter of the cost
-# of 32x32 (--tune compares both at equal time).
-IMAGE_SIZE = 16
-# Crops keep at least 30% of the digit, never flipped (a flip turns some
-# digits into others), no blur (one tap at 16x16); the colour jitter acts on
-# brightness and contrast only, the digits being grey.
-AUGMENT = dict(crop_min_area=0.3, use_flip=False, color_jitter_strength=0.5,
-               use_blur=False)
-PRETRAIN = dict(
-    train_batch_size=128, train_steps=600, learning_rate=1.0,
-    learning_rate_scaling='linear', weight_decay=1e-4, warmup_epochs=2,
-    temperature=0.5, memory_size=0, lineareval_while_pretraining=True)
-# Fine-tuning sees whole digits (crops cost 4 to 5 points at 10% of the labels
-# on validation).
-FINETUNE = dict(
-    train_batch_size=64, train_steps=100, optimizer='momentum',
-    learning_rate=0.01, learning_rate_scaling='linear', warmup_epochs=0,
-    weight_decay=0.0, ft_proj_selector=1, crop_min_area=1.0)
-# The supervised baseline from scratch: optimiser, learning rate, steps and
-# crops per label fraction (crops helped it at 1%, whole digits at 10%).
-SUPERVISED = {
-    0.01: dict(optimizer='adam', learning_rate=0.01, train_steps=600,
-               crop_min_area=0.3),
-    0.1: dict(optimizer='adam', learning_rate=0.01, train_steps=600,
-              crop_min_area=1.0),
-}
-DISTILL = dict(
-    train_batch_size=64, train_steps=200, optimizer='momentum',
-    learning_rate=0.4, learning_rate_scaling='linear', warmup_epochs=0,
-    weight_decay=0.0, distill_temperature=1.0, distill_alpha=1.0,
-    crop_min_area=0.3)
-# Raw-pixel baselines: logistic regression's inverse L2 strength C and the
-# neighbours k, per label fraction (1.0: all labels).
-RAW_LOGISTIC_C = {0.01: 100.0, 0.1: 1.0, 1.0: 1.0}
-RAW_KNN_K = {0.01: 1, 0.1: 1, 1.0: 1}
+# The digits recipe (chosen on validation by --tune) lives in
+# tf2/experiment.py, which the study shares.
+from tf2.experiment import AUGMENT  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
+from tf2.experiment import DISTILL, FINETUNE, IMAGE_SIZE, PRETRAIN  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
+from tf2.experiment import RAW_KNN_K, RAW_LOGISTIC_C, SUPERVISED  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
+from tf2.experiment import SMALL, TEACHER, TEST_SPLIT, TRAIN_SPLIT  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
+from tf2.experiment import VALIDATION_SPLITS  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
 
 
 def architecture_name(arch):
@@ -135,7 +100,8 @@ class Pipeline:
         image_size=IMAGE_SIZE, use_tpu=False, seed=self.seed,
         label_subset_seed=self.seed, deterministic=True, global_bn=False,
         eval_batch_size=400, steps_per_loop=50, mode='train_then_eval',
-        model_dir=os.path.join(self.out, name), **TEACHER, **AUGMENT)
+        export_saved_model=False, model_dir=os.path.join(self.out, name),
+        **TEACHER, **AUGMENT)
     base.update(values)
     # One checkpoint, at the end (an epoch of 1% of the digits is less than
     # a batch: the published default of one per epoch would save every step).
@@ -220,79 +186,37 @@ class Pipeline:
   def raw_pixels(self, fractions):
     """Logistic regression and k-NN on the 8x8 pixels, with the label
     subsets fine-tuning draws."""
-    from sklearn import linear_model  # pylint: disable=g-import-not-at-top
-    from sklearn import neighbors  # pylint: disable=g-import-not-at-top
-    train_ids, train_x, train_y = raw_pixels(self.data_dir, self.train_split)
-    _, test_x, test_y = raw_pixels(self.data_dir, self.eval_split)
     for fraction in fractions:
-      keep = label_subset_mask(train_ids, train_y, fraction, self.seed)
-      for method, classifier in (
-          ('raw_pixels_logistic_regression', linear_model.LogisticRegression(
-              C=RAW_LOGISTIC_C[fraction], max_iter=5000)),
-          ('raw_pixels_knn', neighbors.KNeighborsClassifier(
-              RAW_KNN_K[fraction]))):
-        classifier.fit(train_x[keep], train_y[keep])
-        top = classifier.classes_[np.argsort(
-            -classifier.predict_proba(test_x), axis=1)]
+      scores = experiment.raw_pixel_scores(
+          self.data_dir, self.train_split, self.eval_split, fraction,
+          self.seed, RAW_LOGISTIC_C[fraction], RAW_KNN_K[fraction])
+      for method, result in scores.items():
         self.add(method, dict(resnet_depth=0, width_multiplier=0), fraction,
-                 {'eval/label_top_1_accuracy':
-                      float(np.mean(top[:, 0] == test_y)),
-                  'eval/label_top_5_accuracy':
-                      float(np.mean((top[:, :5] == test_y[:, None]).any(1)))},
-                 0)
+                 result, 0)
         self.rows[-1]['architecture'] = '8x8 pixels'
 
 
 def raw_pixels(data_dir, split):
-  """(ids [N], the 8x8 digits' pixels float [N, 64] in [0, 1], labels [N])
-  of a digits split, in the split's order."""
-  from simclr.data import datasets  # pylint: disable=g-import-not-at-top
-  from simclr.data import digits  # pylint: disable=g-import-not-at-top
-  ids, labels = datasets.load_source('digits', data_dir).ids_and_labels(split)
-  index = [int(i.split('_')[1]) for i in ids]
-  return np.asarray(ids), digits.load_digits().data[index] / 16.0, labels
+  return experiment.raw_pixels(data_dir, split)
 
 
 def label_subset_mask(ids, labels, fraction, seed):
-  """Which examples carry a label at `fraction`: the subset fine-tuning
-  draws with label_subset_seed=seed (simclr.data.subsets.draw_subset)."""
-  from simclr.data import subsets  # pylint: disable=g-import-not-at-top
-  if fraction >= 1:
-    return np.ones(len(ids), bool)
-  chosen = set(subsets.draw_subset(ids, labels, fraction, seed))
-  return np.array([i in chosen for i in ids])
+  return experiment.label_subset_mask(ids, labels, fraction, seed)
 
 
 def run_stage(flag_values):
-  """Runs one tf2/run.py configuration in this process; returns (result
-  dict, the trained model's encoder parameter count)."""
-  import simclr  # pylint: disable=g-import-not-at-top
-  result = simclr.train(**flag_values)
-  model = simclr.load_model(flag_values['model_dir'])
-  # The ResNet's weights up to the average pool (frozen ones too), as in
-  # Table 1, without BN moving statistics.
-  params = int(sum(np.prod(v.shape) for v in model.resnet.variables
-                   if 'moving_' not in v.name))
+  """Runs one tf2/run.py configuration in this process (or reads the result
+  of the same configuration finished before); returns (result dict, the
+  trained model's encoder parameter count)."""
+  result, params, _ = experiment.run_stage(flag_values)
   return result, params
 
 
 def summarise(rows):
   """Mean and standard deviation of top-1 / top-5 over seeds, per (method,
   architecture, label fraction), in the order rows first name them."""
-  groups = {}
-  for row in rows:
-    key = (row['method'], row['architecture'], row['label_fraction'])
-    groups.setdefault(key, []).append(row)
-  summary = []
-  for (method, arch, fraction), members in groups.items():
-    top1 = np.array([m['top1'] for m in members])
-    top5 = np.array([m['top5'] for m in members])
-    summary.append(dict(
-        method=method, architecture=arch, label_fraction=fraction,
-        seeds=[m['seed'] for m in members], top1_mean=float(top1.mean()),
-        top1_std=float(top1.std()), top5_mean=float(top5.mean()),
-        top5_std=float(top5.std()), params=members[0]['params']))
-  return summary
+  return experiment.summarise(rows, ('method', 'architecture',
+                                     'label_fraction'))
 
 
 ORDER = ('raw_pixels_logistic_regression', 'raw_pixels_knn',
@@ -319,15 +243,16 @@ def table(summary):
 def write_outputs(rows, out, seconds):
   os.makedirs(out, exist_ok=True)
   summary = summarise(rows)
-  with open(os.path.join(out, 'results.json'), 'w') as f:
-    json.dump(dict(rows=rows, summary=summary, seconds=seconds), f,
-              indent=1)
+  machine = experiment.machine()
+  experiment.write_json(os.path.join(out, 'results.json'), dict(
+      rows=rows, summary=summary, seconds=seconds, machine=machine))
   seeds = sorted({row['seed'] for row in rows})
   text = table(summary)
   with open(os.path.join(out, 'results.md'), 'w') as f:
     f.write(f'# SimCLRv2 on digits (seeds {seeds}, scale {FLAGS.scale:g})\n\n'
             f'Top-1 / top-5 accuracy (%) on the 359 test digits; mean '
-            f'± standard deviation over the seeds.\n\n{text}\n')
+            f'± standard deviation over the seeds. Made on: '
+            f'{experiment.machine_line(machine)}.\n\n{text}\n')
   print(text, flush=True)
   plot(summary, os.path.join(out, 'label_efficiency.png'))
 

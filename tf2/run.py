@@ -126,6 +126,10 @@ flags.DEFINE_boolean('use_blur', True,
                      'during pretraining.')
 
 # --- additions ----------------------------------------------------------------
+flags.DEFINE_bool('export_saved_model', True,
+                  'Write model_dir/saved_model/<step>/ at the end of training '
+                  'or evaluation; False keeps only the checkpoints (which '
+                  'load_model, fine-tuning and distillation read).')
 flags.DEFINE_integer('memory_size', 0,
                      'SimCLRv2 memory: number of past momentum keys used as '
                      'extra negatives (0: off; the paper uses 65536). Must '

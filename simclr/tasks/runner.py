@@ -99,13 +99,17 @@ def write_json(path: str, value):
 
 
 def export(model: SimCLRModel, model_dir: str, step: int, keep: int,
-           head_labels: Optional[HeadLabels] = None):
+           head_labels: Optional[HeadLabels] = None, enabled: bool = True):
   """Writes model_dir/saved_model/<step>/, keeping the newest `keep`;
   head_labels: what the supervised head was fitted on (kept with it).
+  enabled=False (--export_saved_model=False) writes nothing.
 
   The export is made from a copy of the model built outside the training
   strategy: a SavedModel signature cannot capture distributed variables
   (MultiWorkerMirroredStrategy, TPUStrategy)."""
+  if not enabled:
+    logging.info('No SavedModel export (--export_saved_model=False)')
+    return
   from simclr import export as export_lib  # pylint: disable=g-import-not-at-top
   directory = os.path.join(model_dir, 'saved_model')
   if tf.distribute.has_strategy() or isinstance(
@@ -304,7 +308,7 @@ class Run:
       self._train_loop(state, manager, schedule)
     step = int(state.global_step.numpy())
     export(state.model, self.model_dir, step, train.keep_hub_module_max,
-           self.head_labels)
+           self.head_labels, train.export_saved_model)
     return state
 
   def _train_loop(self, state, manager, schedule):
@@ -411,7 +415,8 @@ class Run:
           require_supervised_head=True)
       result = self.evaluate(model, 0)
       export(model, self.model_dir, 0, train.keep_hub_module_max,
-             checkpoints.head_labels_of(train.checkpoint))
+             checkpoints.head_labels_of(train.checkpoint),
+             train.export_saved_model)
       return result
     if not latest and not train.eval_wait_secs:
       raise RunError(
@@ -433,7 +438,7 @@ class Run:
       step = int(global_step.numpy())
       result = self.evaluate(model, step)
       export(model, self.model_dir, step, train.keep_hub_module_max,
-             checkpoints.head_labels_of(path))
+             checkpoints.head_labels_of(path), train.export_saved_model)
       if step >= self.schedule.train_steps:
         break
     if result is None:
