@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # module fixtures stay in one process). 0 runs everything in this process.
 TEST_WORKERS ?= 2
 
-.PHONY: install test demo bench bench-input clean
+.PHONY: install test demo study bench bench-input clean
 # Optional: the tf2/ folder of a google-research/simclr checkout, timed side by
 # side by `make bench`.
 PUBLISHED_TF2_DIR ?=
@@ -28,6 +28,11 @@ test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) tf2/demo.py
 
+# SimCLRv2's own claims on the digits (docs/study.md); resumable: run it
+# again after an interruption and it continues.
+study: $(VENV)/.installed
+	$(PY) tf2/study.py
+
 bench: $(VENV)/.installed
 	$(PY) tf2/bench.py $(if $(PUBLISHED_TF2_DIR),--published_tf2_dir=$(PUBLISHED_TF2_DIR))
 
@@ -35,4 +40,4 @@ bench-input: $(VENV)/.installed
 	$(PY) tf2/bench_input.py
 
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) demo_out study_out
