@@ -1,5 +1,6 @@
-"""Sources of images: TFDS datasets (including the embedded `digits`) and
-folders of image files, behind one small interface.
+"""Sources of images: TFDS datasets (including the embedded `digits` and
+`fashion_mnist` prepared from local files) and folders of image files, behind
+one small interface.
 
 `load_source(dataset, data_dir)` returns a Source whose `read` gives a
 tf.data.Dataset of examples {'image': uint8 [H, W, 3], 'label': int32
@@ -7,7 +8,8 @@ tf.data.Dataset of examples {'image': uint8 [H, W, 3], 'label': int32
 stably across runs, for label-subset files (one id per line):
 - TFDS: the dataset's own name feature when it has one ('id' for cifar10 and
   digits, 'file_name' for imagenet2012, as in the published 1percent.txt),
-  else TFDS's 'tfds_id' ('<file>__<index>', stable for a prepared version);
+  else TFDS's 'tfds_id' ('<file>__<index>', stable for a prepared version;
+  fashion_mnist has no name feature);
 - folders: the file's path relative to the root, with '/' separators.
 """
 
@@ -22,6 +24,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from simclr.data import digits as digits_lib
+from simclr.data import fashion_mnist as fashion_mnist_lib
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 FOLDER_PREFIX = 'folder:'
@@ -105,7 +108,9 @@ class Source:
 
 def load_source(dataset: str, data_dir: Optional[str] = None) -> Source:
   """Opens `dataset` (see DataConfig.dataset). Nothing is downloaded; the
-  embedded 'digits' is prepared into data_dir on first use."""
+  embedded 'digits' is prepared into data_dir on first use, and so is
+  'fashion_mnist', from the Debian package's files (simclr.data.fashion_mnist;
+  ValueError saying what to install when they are not there)."""
   if dataset.startswith(FOLDER_PREFIX):
     return FolderSource(dataset[len(FOLDER_PREFIX):])
   return TfdsSource(dataset, data_dir)
@@ -137,6 +142,8 @@ class TfdsSource(Source):
     self.name = name
     if name == 'digits':
       self.builder = digits_lib.prepare(data_dir)
+    elif name == fashion_mnist_lib.NAME:
+      self.builder = fashion_mnist_lib.prepare(data_dir)
     else:
       try:
         self.builder = tfds.builder(name, data_dir=data_dir)
