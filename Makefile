@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # module fixtures stay in one process). 0 runs everything in this process.
 TEST_WORKERS ?= 2
 
-.PHONY: install test demo study bench bench-input clean
+.PHONY: install test demo study bench bench-input fashion-mnist clean
 # Optional: the tf2/ folder of a google-research/simclr checkout, timed side by
 # side by `make bench`.
 PUBLISHED_TF2_DIR ?=
@@ -38,6 +38,27 @@ bench: $(VENV)/.installed
 
 bench-input: $(VENV)/.installed
 	$(PY) tf2/bench_input.py
+
+# Fashion-MNIST's four original files from Debian's dataset-fashion-mnist
+# package; --dataset=fashion_mnist prepares the TFDS dataset from them on first
+# use. Not part of `make test` (the tests write their own small files).
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+FASHION_MNIST_FILES := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz \
+	t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
+
+fashion-mnist:
+	@if ls $(addprefix $(FASHION_MNIST_DIR)/,$(FASHION_MNIST_FILES)) >/dev/null 2>&1; then \
+	  echo "Fashion-MNIST's files are in $(FASHION_MNIST_DIR)/ already."; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  apt-cache show dataset-fashion-mnist >/dev/null 2>&1 || $$sudo apt-get update; \
+	  $$sudo apt-get install -y dataset-fashion-mnist; \
+	else \
+	  echo "No apt-get here: put the four original Fashion-MNIST files ($(FASHION_MNIST_FILES))"; \
+	  echo "in a directory and set SIMCLR_FASHION_MNIST_DIR to it, or prepare fashion_mnist with TFDS"; \
+	  echo "on a machine with internet and copy its data_dir."; \
+	  exit 1; \
+	fi
 
 clean:
 	rm -rf $(VENV) demo_out study_out
