@@ -352,7 +352,8 @@ class TrainConfig:
     'labeled' ones of the label subset.
   distill_temperature_squared: multiply the distillation term by
     distill_temperature**2 (Hinton et al.; the published distillation colab
-    does, SimCLRv2's Eq. 2 does not).
+    does, SimCLRv2's Eq. 2 does not), so that a learning rate chosen at one
+    temperature keeps its meaning at another.
   allow_other_label_subset: distill with a label subset other than the one
     the teacher's head was fitted on (or with a subset under a teacher
     fitted on every label), on purpose; refused otherwise.
@@ -396,7 +397,7 @@ class TrainConfig:
   distill_temperature: float = 1.0
   distill_alpha: float = 1.0
   distill_on: str = 'all'
-  distill_temperature_squared: bool = False
+  distill_temperature_squared: bool = True
   allow_other_label_subset: bool = False
   linear_eval_protocol: str = 'cached'
   precision: str = 'float32'

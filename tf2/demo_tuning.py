@@ -117,7 +117,12 @@ def tune(demo_module, out, data_dir, fractions, groups=GROUPS):
   all_fractions = list(fractions) + [1.0]
 
   def section(title, header, lines):
-    report.append(f'## {title}\n\n{header}\n' + '\n'.join(lines) + '\n')
+    # Rewritten after every candidate: the section so far replaces itself.
+    text = f'## {title}\n\n{header}\n' + '\n'.join(lines) + '\n'
+    if report and report[-1].startswith(f'## {title}\n'):
+      report[-1] = text
+    else:
+      report.append(text)
     print(report[-1], flush=True)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'tuning.md'), 'w') as f:
@@ -208,8 +213,14 @@ def tune(demo_module, out, data_dir, fractions, groups=GROUPS):
               '---|' * (len(columns) + 1), lines)
 
   # Raw pixels.
-  if 'raw' not in groups:
-    return
+  if 'raw' in groups:
+    _raw_grid(base, all_fractions, section)
+  with open(os.path.join(out, 'tuning.json'), 'w') as f:
+    json.dump(dict(seconds=time.time() - started, groups=list(groups)), f)
+
+
+def _raw_grid(base, all_fractions, section):
+  """Logistic regression's C and k-NN's k on the raw pixels."""
   from sklearn import linear_model  # pylint: disable=g-import-not-at-top
   from sklearn import neighbors  # pylint: disable=g-import-not-at-top
   lines = []
@@ -225,8 +236,6 @@ def tune(demo_module, out, data_dir, fractions, groups=GROUPS):
   section('Raw-pixel baselines', '| candidate | ' + ' | '.join(
       f'{100 * f:g}% labels' for f in all_fractions) + ' |\n|' +
           '---|' * (len(all_fractions) + 1), lines)
-  with open(os.path.join(out, 'tuning.json'), 'w') as f:
-    json.dump(dict(seconds=time.time() - started), f)
 
 
 def _raw_score(pipeline, fraction, make):

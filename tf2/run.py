@@ -168,10 +168,11 @@ flags.DEFINE_enum('distill_on', 'all', ['all', 'labeled'],
                   'predictions on: "all" training images (SimCLRv2), or '
                   'only the "labeled" ones of the label subset (Table 2\'s '
                   '"label + distillation on labeled set").')
-flags.DEFINE_bool('distill_temperature_squared', False,
+flags.DEFINE_bool('distill_temperature_squared', True,
                   'distill: multiply the distillation loss by '
                   'distill_temperature**2 (Hinton et al., the published '
-                  'distillation colab); SimCLRv2\'s Eq. 2 does not.')
+                  'distillation colab; SimCLRv2\'s Eq. 2 does not), which '
+                  'keeps its gradients\' scale across temperatures.')
 flags.DEFINE_bool('allow_other_label_subset', False,
                   'distill: accept a label subset other than the one the '
                   'teacher was fine-tuned on, or a subset under a teacher '
