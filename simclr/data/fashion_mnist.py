@@ -4,9 +4,9 @@ On a machine with internet TFDS prepares `fashion_mnist` by downloading the
 four original idx files (60,000 `train` and 10,000 `test` grey 28x28 images,
 10 classes). Nothing is downloaded here; Debian's `dataset-fashion-mnist`
 package installs the same four files under /usr/share/datasets/fashion-mnist/
-(recompressed: the gzip headers lack the original file names, so TFDS's
-registered checksums do not match them and its manual_dir route refuses
-them, while the decompressed bytes are the originals).
+(rewritten: their gzip headers lack the original file names, and each is
+smaller than TFDS's registered size by exactly that name's length, so TFDS's
+registered checksums do not match them and its manual_dir route refuses them).
 
 `prepare(data_dir)` writes the dataset into data_dir with FromFiles: TFDS's
 own FashionMNIST builder (its name, version 3.0.1, features {'image': uint8
@@ -23,7 +23,7 @@ only on the shard file names and each example's key: the same ids as a
 download prepared by the same TFDS version.
 
     from simclr.data import fashion_mnist
-    builder = fashion_mnist.prepare(data_dir)  # offline, about a minute once
+    builder = fashion_mnist.prepare(data_dir)  # offline, about 30 s once
     builder.info.splits['train'].num_examples   # 60000
 """
 
