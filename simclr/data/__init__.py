@@ -1,4 +1,5 @@
-"""Input pipelines: sources (TFDS, the embedded `digits`, image folders),
+"""Input pipelines: sources (TFDS, the embedded `digits`, `fashion_mnist`
+prepared from Debian's files, image folders),
 label subsets, SimCLR augmentations, and distributed tf.data pipelines.
 
     from simclr import data
