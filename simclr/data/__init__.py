@@ -1,6 +1,6 @@
 """Input pipelines: sources (TFDS, the embedded `digits`, `fashion_mnist`
-prepared from Debian's files, image folders),
-label subsets, SimCLR augmentations, and distributed tf.data pipelines.
+prepared from Debian's files, image folders), label subsets, SimCLR
+augmentations, and distributed tf.data pipelines.
 
     from simclr import data
     inputs = data.Inputs(data.DataConfig(dataset='digits', eval_split='test',
