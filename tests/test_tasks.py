@@ -196,8 +196,9 @@ def test_linear_eval_step_trains_only_the_head_on_frozen_features():
       -(onehot * log_softmax(logits)).sum(-1).mean(), rtol=1e-5)
 
 
-@pytest.mark.parametrize('alpha', [1.0, 0.25])
-def test_distill_step_follows_equation_3_with_unlabeled_rows(alpha,
+@pytest.mark.parametrize('alpha, squared', [(1.0, False), (0.25, False),
+                                             (0.25, True)])
+def test_distill_step_follows_equation_3_with_unlabeled_rows(alpha, squared,
                                                              tmp_path):
   teacher = simclr.build_model(simclr.ModelConfig(
       **{k: TINY[k] for k in ('resnet_depth', 'width_multiplier',
@@ -208,15 +209,17 @@ def test_distill_step_follows_equation_3_with_unlabeled_rows(alpha,
   simclr.export_saved_model(teacher, teacher_dir)
   task = make_task(train_mode='distill', teacher_checkpoint=teacher_dir,
                    distill_alpha=alpha, distill_temperature=0.5,
-                   ft_proj_selector=0)
+                   distill_temperature_squared=squared, ft_proj_selector=0)
   images, _ = images_and_labels(BATCH)
   labels = tf.constant([1, -1, -1, 2], tf.int32)
   state, outputs, before, params = one_step(task, images, labels)
   teacher_logits = teacher(images, training=False)['logits_sup'].numpy()
   student_logits = before['logits_sup']
   tau = 0.5
+  # Eq. 2, times tau^2 with --distill_temperature_squared (Hinton et al.).
+  scale = tau ** 2 if squared else 1.0
   target = softmax(teacher_logits / tau)
-  distill = -(target * log_softmax(student_logits / tau)).sum(-1)
+  distill = scale * -(target * log_softmax(student_logits / tau)).sum(-1)
   y = labels.numpy()
   labeled = y >= 0
   onehot = np.eye(NUM_CLASSES)[np.where(labeled, y, 0)] * labeled[:, None]
@@ -229,7 +232,7 @@ def test_distill_step_follows_equation_3_with_unlabeled_rows(alpha,
                                rtol=1e-5)
   else:
     assert 'supervised_loss' not in outputs
-  gradient = (alpha * (softmax(student_logits / tau) - target) / tau +
+  gradient = (alpha * scale * (softmax(student_logits / tau) - target) / tau +
               (1 - alpha) * (softmax(student_logits) - onehot) *
               labeled[:, None]) / BATCH
   kernel, bias = expected_head(params, before['supervised_head_input'],

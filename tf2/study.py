@@ -48,19 +48,19 @@ flags.DEFINE_list('seeds', ['0'], 'Seeds of weights, data order and '
                   'augmentation; each seed draws its own label subsets.')
 flags.DEFINE_float('scale', 1.0, 'Multiplies every step count (a quick '
                    'check; the reported study uses 1).')
-flags.DEFINE_list('widths', ['0.0625', '0.125', '0.25', '0.5'],
+flags.DEFINE_list('widths', ['0.0625', '0.125', '0.25'],
                   'ResNet-18 width multipliers of section 1 (the largest is '
                   'the teacher of sections 3 and 4).')
 flags.DEFINE_list('label_fractions', ['0.01', '0.1', '1.0'],
                   'Label fractions of section 1 (sections 2-4 use those '
                   'below 1).')
-flags.DEFINE_integer('subsets', 3, 'Label subsets per fraction below 1 in '
+flags.DEFINE_integer('subsets', 2, 'Label subsets per fraction below 1 in '
                      'sections 1 and 2 (each seed draws its own).')
 flags.DEFINE_integer('distill_subsets', 1, 'Label subsets per fraction in '
                      'sections 3 and 4 (distillation is the costly part).')
 flags.DEFINE_list('head_layers', ['2', '3', '4'], 'Projection-head depths '
                   'of section 2.')
-flags.DEFINE_float('head_width', 0.25, 'Width of section 2\'s networks and '
+flags.DEFINE_float('head_width', 0.125, 'Width of section 2\'s networks and '
                    'of section 3\'s student.')
 flags.DEFINE_list('sections', ['1', '2', '3', '4'], 'Sections to run.')
 
