@@ -157,18 +157,6 @@ def extract_features(model: SimCLRModel, data_config: DataConfig, split: str,
   return FeatureSet(features, labels, np.array(ids, dtype=str))
 
 
-def check_writable(path: str):
-  """Raises ValueError unless a file can be created at `path` (its
-  directory exists and takes a new file), before any long computation."""
-  directory = os.path.dirname(os.path.abspath(path))
-  if os.path.isdir(path):
-    raise ValueError(f'{path}: is a directory')
-  if not os.path.isdir(directory):
-    raise ValueError(f'{path}: directory {directory} does not exist')
-  if not os.access(directory, os.W_OK | os.X_OK):
-    raise ValueError(f'{path}: directory {directory} is not writable')
-
-
 def write_atomically(path: str, write: Callable, mode: str = 'wb'):
   """Calls write(file) on a temporary file beside `path`, then renames it to
   `path`: a reader, or a killed run, never leaves a partial file there."""

@@ -318,31 +318,6 @@ def distillation_terms(teacher_logits, student_logits, labels, alpha: float,
       agreement=tf.reduce_mean(tf.cast(agrees, tf.float32)))
 
 
-def distillation_with_labels(teacher_logits, student_logits, labels_onehot,
-                             labeled=None, alpha: float = 1.0,
-                             temperature: float = 1.0) -> tf.Tensor:
-  """SimCLRv2 Eq. 3 as one scalar float32: the sum of the two terms of
-  `distillation_terms` (see there for the normalisation).
-
-  Args:
-    teacher_logits, student_logits: [B, C].
-    labels_onehot: [B, C] one-hot ground truth; an all-zero row (as
-      tf.one_hot gives for label -1) counts as unlabeled.
-    labeled: [B] bool or 0/1, which examples carry a label; None = every
-      example with a one-hot row.
-    alpha, temperature: as in `distillation_terms`.
-  """
-  labels_onehot = tf.convert_to_tensor(labels_onehot)
-  is_labeled = tf.reduce_max(labels_onehot, -1) > 0
-  if labeled is not None:
-    is_labeled = tf.logical_and(is_labeled, tf.cast(labeled, tf.bool))
-  labels = tf.where(is_labeled,
-                    tf.argmax(labels_onehot, -1, output_type=tf.int32), -1)
-  terms = distillation_terms(teacher_logits, student_logits, labels, alpha,
-                             temperature)
-  return terms.distill_loss + terms.supervised_loss
-
-
 def _softmax_cross_entropy(targets, logits):
   """[B] float32 -sum_c targets_c log softmax(logits)_c, of [B, C] inputs:
   the one cross-entropy formula behind every supervised and distillation

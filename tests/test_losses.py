@@ -400,48 +400,36 @@ def test_distillation_terms_without_labeled_rows_have_zero_label_term():
 
 
 @pytest.mark.parametrize('alpha', [0.0, 0.3, 1.0])
-def test_distillation_with_labels_equals_equation_3(alpha):
+def test_distillation_terms_sum_to_equation_3(alpha):
   rng = np.random.RandomState(10)
   teacher, student = rng.randn(6, 5), rng.randn(6, 5)
-  labels = np.eye(5)[[1, 0, 4, 2, 2, 3]]
-  labeled = np.array([1, 1, 0, 1, 0, 0], bool)
+  labels = np.array([1, 0, -1, 2, -1, -1])
+  labeled = labels >= 0
+  onehot = np.eye(5)[np.where(labeled, labels, 0)]
   tau = 0.5
-  loss = losses.distillation_with_labels(
+  terms = losses.distillation_terms(
       tf.constant(teacher, tf.float32), tf.constant(student, tf.float32),
-      tf.constant(labels, tf.float32), labeled=tf.constant(labeled),
-      alpha=alpha, temperature=tau)
-  label_term = -(labels * np.log(numpy_softmax(student))).sum(1)[labeled].sum()
+      tf.constant(labels, tf.int32), alpha=alpha, temperature=tau)
+  label_term = -(onehot * np.log(numpy_softmax(student))).sum(1)[labeled].sum()
   distill_term = -(numpy_softmax(teacher / tau) *
                    np.log(numpy_softmax(student / tau))).sum()
   expected = ((1 - alpha) * label_term + alpha * distill_term) / 6
-  np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
+  np.testing.assert_allclose(
+      (terms.distill_loss + terms.supervised_loss).numpy(), expected,
+      rtol=1e-5)
 
 
-def test_distillation_with_labels_treats_all_zero_rows_as_unlabeled():
-  rng = np.random.RandomState(29)
-  teacher, student = rng.randn(4, 3), rng.randn(4, 3)
-  # tf.one_hot of the labels [2, -1, 0, -1].
-  labels = np.eye(3)[[2, 0, 0, 0]] * np.array([1, 0, 1, 0])[:, None]
-  alpha = 0.3
-  loss = losses.distillation_with_labels(
-      tf.constant(teacher, tf.float32), tf.constant(student, tf.float32),
-      tf.constant(labels, tf.float32), alpha=alpha)
-  log_p = np.log(numpy_softmax(student))
-  label_term = -(log_p[0, 2] + log_p[2, 0])
-  distill_term = -(numpy_softmax(teacher) * log_p).sum()
-  expected = ((1 - alpha) * label_term + alpha * distill_term) / 4
-  np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
-
-
-def test_distillation_with_labels_at_alpha_1_is_distillation():
+def test_distillation_terms_at_alpha_1_are_distillation():
   rng = np.random.RandomState(11)
   teacher = tf.constant(rng.randn(4, 3), tf.float32)
   student = tf.constant(rng.randn(4, 3), tf.float32)
-  labels = tf.constant(np.eye(3)[[0, 1, 2, 0]], tf.float32)
   p_teacher = numpy_softmax(teacher.numpy())
   expected = -(p_teacher * np.log(numpy_softmax(student.numpy()))).sum(1).mean()
-  loss = losses.distillation_with_labels(teacher, student, labels, alpha=1.0)
-  np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
+  terms = losses.distillation_terms(teacher, student,
+                                    tf.constant([0, 1, 2, 0]), alpha=1.0,
+                                    temperature=1.0)
+  np.testing.assert_allclose(terms.distill_loss.numpy(), expected, rtol=1e-5)
+  assert terms.supervised_loss.numpy() == 0.0
 
 
 def test_unknown_reduction_is_refused():

@@ -10,7 +10,7 @@ mixed-precision state are its own) through the project's real train step
 (simclr.tasks.trainer.Trainer with the pretrain task: forward of both views,
 NT-Xent, linear head, weight decay, LARS update), on in-memory random images so that the
 input pipeline, measured separately, does not limit it. Images/s count both
-views, as the published figures in ../shared/SPEC.md section 5 do. The
+views, as the published code's throughput figures do. The
 float32 XLA-off setting runs --repeats times (alternating with the published
 step when --published_tf2_dir is given) and the table gives the median.
 """

@@ -1,4 +1,6 @@
-"""SimCLR augmentations (../shared/SPEC.md section 2), seeded and stateless.
+"""SimCLR augmentations as the published code makes them (crop area
+[0.08, 1], aspect [3/4, 4/3], flip, colour jitter p=0.8, greyscale p=0.2,
+Gaussian blur p=0.5), seeded and stateless.
 
 Per image (run inside `tf.data.Dataset.map`; source images differ in size):
   random_crop_and_resize, random_flip, crop_and_flip (fine-tuning view),

@@ -7,7 +7,7 @@ block of every group), so that its checkpoints map onto these variables; see
 `simclr/checkpoints.py` for that mapping. Channels-last only.
 """
 
-from typing import Dict, Optional
+from typing import Dict
 
 import tensorflow as tf
 import tf_keras
@@ -342,7 +342,3 @@ class ResNet(tf_keras.layers.Layer):
       outputs[f'block_group{stage}'] = x
     outputs['final_avg_pool'] = tf.reduce_mean(x, [1, 2])
     return outputs
-
-
-def build_resnet(config, name: Optional[str] = 'resnet') -> ResNet:
-  return ResNet(config, name=name)
