@@ -111,9 +111,14 @@ class Trainer(orbit.StandardTrainer):
         scaled_loss = optimizer.get_scaled_loss(scaled_loss)
     variables = model.trainable_variables
     grads = tape.gradient(scaled_loss, variables)
+    # Variables the loss does not reach (the projection head when the
+    # classifier reads the head input) get no update, as the optimizer would
+    # do itself after a warning in every trace.
+    pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
     if scaled:
-      grads = optimizer.get_unscaled_gradients(grads)
-    optimizer.apply_gradients(zip(grads, variables))
+      unscaled = optimizer.get_unscaled_gradients([g for g, _ in pairs])
+      pairs = list(zip(unscaled, [v for _, v in pairs]))
+    optimizer.apply_gradients(pairs)
     task.after_update(state, terms)
     reported['total_loss'] = loss
     for name, metric in self.metrics.items():
