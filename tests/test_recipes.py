@@ -175,6 +175,8 @@ def check_distillation(configs):
   assert configs.train.train_epochs == DISTILL['epochs']
   assert configs.train.distill_temperature == DISTILL['temperature']
   assert configs.train.distill_alpha == DISTILL['alpha']
+  # SimCLRv2's Eq. 2 has no tau^2 factor (the project's default adds it).
+  assert configs.train.distill_temperature_squared is False
   assert configs.data.train_batch_size == PRETRAIN['batch']
   assert peak_learning_rate(configs) == pytest.approx(PRETRAIN['peak_lr'])
   assert warmup_fraction(configs) == pytest.approx(
