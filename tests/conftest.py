@@ -29,8 +29,9 @@ tf.config.set_logical_device_configuration(
 # The slowest files first (end-to-end subprocess runs), in order: with
 # `make test`'s two xdist processes taking whole files in collection order,
 # a slow file collected last ran alone at the end of the suite.
-SLOW_FILES_FIRST = ('test_run.py', 'test_reliability.py', 'test_colabs.py',
-                    'test_bad_input.py')
+SLOW_FILES_FIRST = ('test_study.py', 'test_run.py', 'test_semi_supervision.py',
+                    'test_reliability.py', 'test_faq.py', 'test_colabs.py',
+                    'test_onnx.py', 'test_bad_input.py')
 
 
 def pytest_collection_modifyitems(items):
