@@ -256,8 +256,10 @@ class Study:
 
   # -- running ------------------------------------------------------------
 
-  def run(self, progress, total_stages):
-    rows = []
+  def run(self, progress, total_stages, after_stage=None):
+    """Runs the plan; after_stage(rows so far) is called after each stage
+    (the outputs are rewritten, so a killed study leaves its tables)."""
+    rows = self.raw_pixel_rows(self.subset_count)
     for name, values, stage_rows in self.plan:
       def run_one(values=values):
         result, params, reused = experiment.run_stage(values)
@@ -269,7 +271,8 @@ class Study:
         rows.append(dict(row, seed=self.seed, stage=name, params=params,
                          top1=result['eval/label_top_1_accuracy'],
                          top5=result['eval/label_top_5_accuracy']))
-    rows += self.raw_pixel_rows(self.subset_count)
+      if after_stage is not None:
+        after_stage(rows)
     return rows
 
   def raw_pixel_rows(self, count):
@@ -626,7 +629,10 @@ def main(argv):
   machine = experiment.machine()
   rows = []
   for study in studies:
-    rows += study.run(progress, total)
+    def partial(seed_rows, done=list(rows)):
+      write_outputs(done + seed_rows, out, time.time() - started, settings,
+                    machine)
+    rows += study.run(progress, total, after_stage=partial)
     text = write_outputs(rows, out, time.time() - started, settings, machine)
   print(text, flush=True)
   print(f'study finished in {(time.time() - started) / 60:.1f} minutes; '
