@@ -6,6 +6,8 @@
   reports a malformed or unknown flag in that form (absl's own parser prints
   two lines and exits with 1).
 - fail: prints the line and exits.
+- BadInput / checked: a script's own checks raise BadInput naming the flag;
+  its main() turns it into that line.
 - check_demo_flags: the checks of tf2/demo.py's flags, kept here so that the
   demo's main() needs one call.
 """
@@ -17,6 +19,21 @@ from typing import Iterable, List, NoReturn
 from absl import flags
 
 from simclr import paths
+
+
+class BadInput(ValueError):
+  """Input a flag names; reported as one line, exit code 2."""
+
+  def __init__(self, flag: str, problem):
+    super().__init__(f'--{flag}: {problem}')
+
+
+def checked(flag, function, *args, **kwargs):
+  """function(*args, **kwargs), its ValueError reported against --flag."""
+  try:
+    return function(*args, **kwargs)
+  except ValueError as e:
+    raise BadInput(flag, e) from None
 
 EXIT_BAD_INPUT = 2
 

@@ -49,24 +49,10 @@ flags.DEFINE_float('max_relative_difference', 1e-4, 'Largest relative max '
 EXIT_PARITY_FAILED = 1
 
 
-class BadInput(ValueError):
-  """Input a flag names; reported as one line, exit code 2."""
-
-  def __init__(self, flag: str, problem):
-    super().__init__(f'--{flag}: {problem}')
-
-
-def checked(flag, function, *args, **kwargs):
-  """function(*args, **kwargs), its ValueError reported against --flag."""
-  try:
-    return function(*args, **kwargs)
-  except ValueError as e:
-    raise BadInput(flag, e) from None
-
-
 def export() -> bool:
   """Writes --out; returns whether the parity check passed (or was off).
   Raises BadInput before any conversion."""
+  from tf2.cli_checks import BadInput, checked  # pylint: disable=g-import-not-at-top
   from simclr import paths  # pylint: disable=g-import-not-at-top
 
   for flag in ('checkpoint', 'out'):
@@ -132,7 +118,7 @@ def main(argv):
                     f'--name=value')
   try:
     passed = export()
-  except BadInput as e:
+  except cli_checks.BadInput as e:
     if FLAGS.verbosity >= 1:
       raise
     cli_checks.fail(e)

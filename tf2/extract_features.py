@@ -43,23 +43,9 @@ flags.DEFINE_integer('batch_size', 256, 'Images per batch.')
 flags.DEFINE_string('out', None, 'The .npz file to write.')
 
 
-class BadInput(ValueError):
-  """Input a flag names; reported as one line, exit code 2."""
-
-  def __init__(self, flag: str, problem):
-    super().__init__(f'--{flag}: {problem}')
-
-
-def checked(flag, function, *args, **kwargs):
-  """function(*args, **kwargs), its ValueError reported against --flag."""
-  try:
-    return function(*args, **kwargs)
-  except ValueError as e:
-    raise BadInput(flag, e) from None
-
-
 def extract():
   """Writes --out; raises BadInput before any feature is computed."""
+  from tf2.cli_checks import BadInput, checked  # pylint: disable=g-import-not-at-top
   from simclr import paths  # pylint: disable=g-import-not-at-top
 
   for flag in ('checkpoint', 'dataset', 'out'):
@@ -102,7 +88,7 @@ def main(argv):
                     f'--name=value')
   try:
     extract()
-  except BadInput as e:
+  except cli_checks.BadInput as e:
     if FLAGS.verbosity >= 1:
       raise
     cli_checks.fail(e)

@@ -42,23 +42,9 @@ flags.DEFINE_integer('batch_size', 256, 'Images per batch of the feature '
 flags.DEFINE_string('out', None, 'Optional JSON file for the result.')
 
 
-class BadInput(ValueError):
-  """Input a flag names; reported as one line, exit code 2."""
-
-  def __init__(self, flag: str, problem):
-    super().__init__(f'--{flag}: {problem}')
-
-
-def checked(flag, function, *args, **kwargs):
-  """function(*args, **kwargs), its ValueError reported against --flag."""
-  try:
-    return function(*args, **kwargs)
-  except ValueError as e:
-    raise BadInput(flag, e) from None
-
-
 def knn_eval():
   """The result dict; raises BadInput before any feature is computed."""
+  from tf2.cli_checks import BadInput, checked  # pylint: disable=g-import-not-at-top
   from simclr import paths  # pylint: disable=g-import-not-at-top
 
   for flag in ('checkpoint', 'dataset'):
@@ -117,7 +103,7 @@ def main(argv):
                     f'--name=value')
   try:
     result = knn_eval()
-  except BadInput as e:
+  except cli_checks.BadInput as e:
     if FLAGS.verbosity >= 1:
       raise
     cli_checks.fail(e)
