@@ -26,18 +26,18 @@ test: $(VENV)/.installed
 	$(PY) -m pytest tests $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
-	$(PY) tf2/demo.py
+	$(PY) tools/demo.py
 
 # SimCLRv2's own claims on the digits (docs/study.md); resumable: run it
 # again after an interruption and it continues.
 study: $(VENV)/.installed
-	$(PY) tf2/study.py
+	$(PY) tools/study.py
 
 bench: $(VENV)/.installed
-	$(PY) tf2/bench.py $(if $(PUBLISHED_TF2_DIR),--published_tf2_dir=$(PUBLISHED_TF2_DIR))
+	$(PY) tools/bench.py $(if $(PUBLISHED_TF2_DIR),--published_tf2_dir=$(PUBLISHED_TF2_DIR))
 
 bench-input: $(VENV)/.installed
-	$(PY) tf2/bench_input.py
+	$(PY) tools/bench_input.py
 
 # Fashion-MNIST's four original files from Debian's dataset-fashion-mnist
 # package; --dataset=fashion_mnist prepares the TFDS dataset from them on first

@@ -1,4 +1,5 @@
-"""Installs the simclr package (library under simclr/, command lines under tf2/)."""
+"""Installs the simclr package (library under simclr/, command lines under tf2/;
+the project's own tools under tools/ run from a checkout)."""
 
 import setuptools
 

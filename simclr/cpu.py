@@ -80,7 +80,7 @@ def bfloat16_warning(path: str = '/proc/cpuinfo',
   float32 here, else None. `speedup` (bfloat16_speedup(), measured when
   None) decides; the flags say why. Having AVX512_BF16 is not enough: on
   some such CPUs (no AMX) oneDNN's bfloat16 kernels were measured slower
-  than its float32 ones (ResNet-18 0.69x, ResNet-50 0.72x, tf2/bench.py)."""
+  than its float32 ones (ResNet-18 0.69x, ResNet-50 0.72x, tools/bench.py)."""
   if speedup is None:
     speedup = bfloat16_speedup()
   if speedup >= 1:

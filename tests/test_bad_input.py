@@ -53,6 +53,15 @@ def run(script, *args):
           list(args))
 
 
+def script_path(script):
+  """tf2/ holds the commands users run, tools/ the project's own."""
+  for folder in ('tf2', 'tools'):
+    path = os.path.join(ROOT, folder, script)
+    if os.path.isfile(path):
+      return path
+  raise FileNotFoundError(script)
+
+
 def plain(script, *args):
   return (script, list(args))
 
@@ -208,14 +217,14 @@ CASES = {
         plain('show_augmentations.py', '--out={tmp}/a.png',
               '--crop_min_area=2'),
         '--crop_min_area'),
-    # tf2/bench.py
+    # tools/bench.py
     'bench_unknown_config': (plain('bench.py', '--configs=r99_64'),
                              '--configs'),
     'bench_unknown_precision': (plain('bench.py', '--precisions=float8'),
                                 '--precisions'),
     'bench_xla_value': (plain('bench.py', '--xla=maybe'), '--xla'),
     'bench_no_repeats': (plain('bench.py', '--repeats=0'), '--repeats=0'),
-    # tf2/bench_profile.py
+    # tools/bench_profile.py
     'profile_unknown_config': (plain('bench_profile.py', '--config=r99_64'),
                                '--config'),
     'profile_no_steps': (plain('bench_profile.py', '--profile_steps=0'),
@@ -234,7 +243,7 @@ CASES = {
                               '--variants'),
     'zoo_unknown_depth': (plain('model_zoo.py', '--variants=42x1'),
                           '--variants: 42x1: resnet_depth=42'),
-    # tf2/demo.py (through tf2/cli_checks.check_demo_flags)
+    # tools/demo.py (through tf2/cli_checks.check_demo_flags)
     'demo_out_is_a_file': (plain('demo.py', '--out={file}'), '--out'),
     'demo_seed_not_an_integer': (
         plain('demo.py', '--out={tmp}/demo', '--seeds=a'), '--seeds'),
@@ -253,7 +262,7 @@ def test_bad_input_is_one_error_line_naming_it_with_exit_code_2(case,
   args = [a.format(**places) for a in args]
   named = named.format(**places)
   proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'tf2', script)] + args,
+      [sys.executable, script_path(script)] + args,
       capture_output=True, text=True, timeout=300, cwd=ROOT,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
   print(f'{script} {" ".join(args)}\n{proc.stderr[-2000:]}')

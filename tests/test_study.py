@@ -1,4 +1,4 @@
-"""tf2/study.py end to end at a toy size (two steps per stage, two widths,
+"""tools/study.py end to end at a toy size (two steps per stage, two widths,
 one label fraction, a one-layer head): every section's table rows are
 produced, results.json and study.md agree, a second run reuses every stage,
 and bad flags stop it with one line."""
@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-STUDY = os.path.join(os.path.dirname(__file__), '..', 'tf2', 'study.py')
+STUDY = os.path.join(os.path.dirname(__file__), '..', 'tools', 'study.py')
 TOY = ['--scale=0.001', '--widths=0.0625,0.125', '--label_fractions=0.1',
        '--subsets=1', '--head_layers=1', '--head_width=0.0625']
 

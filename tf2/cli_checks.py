@@ -8,7 +8,7 @@
 - fail: prints the line and exits.
 - BadInput / checked: a script's own checks raise BadInput naming the flag;
   its main() turns it into that line.
-- check_demo_flags: the checks of tf2/demo.py's flags, kept here so that the
+- check_demo_flags: the checks of tools/demo.py's flags, kept here so that the
   demo's main() needs one call.
 """
 
@@ -58,7 +58,7 @@ def parse_flags(argv: List[str]) -> List[str]:
 
 
 def check_demo_flags(values, supported_fractions: Iterable[float]):
-  """Exits with one line naming the flag for a bad tf2/demo.py flag value:
+  """Exits with one line naming the flag for a bad tools/demo.py flag value:
   --out (a directory it creates and writes), --data_dir (the same, digits
   are prepared there), --seeds (integers), --scale (> 0), --label_fractions
   (among `supported_fractions`, the fractions the demo has settings for).

@@ -9,7 +9,7 @@ Per image (run inside `tf.data.Dataset.map`; source images differ in size):
 Per batch of same-size images [B, S, S, 3] (vectorised, per-image random
 parameters): color_distort, random_blur, pairs_to_rows.
 On CPU the per-image colour path is the fast one (cache-sized tensors and
-TensorFlow's fused colour kernels; tf2/bench_input.py measures it), so the
+TensorFlow's fused colour kernels; tools/bench_input.py measures it), so the
 pipeline runs colour per image and only the blur per batch by default
 (DataConfig.batch_augmentation).
 

@@ -6,7 +6,7 @@ results and exports.
     result = simclr.train(dataset='digits', image_size=32, resnet_depth=18,
                           model_dir='/tmp/m', mode='train_then_eval')
 
-takes tf2/run.py's flag names; tf2/run.py, tf2/demo.py and the notebooks all
+takes tf2/run.py's flag names; tf2/run.py, tools/demo.py and the notebooks all
 go through it.
 """
 

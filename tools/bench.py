@@ -2,8 +2,8 @@ r"""Benchmark: pretraining step throughput, input-pipeline throughput, peak
 memory and achieved GFLOP/s against this machine's measured matmul peak.
 Writes bench/results.md.
 
-    python tf2/bench.py                  # everything (make bench), ~20 min
-    python tf2/bench.py --configs=r18_32 --precisions=float32 --xla=false
+    python tools/bench.py                  # everything (make bench), ~20 min
+    python tools/bench.py --configs=r18_32 --precisions=float32 --xla=false
 
 Each model setting runs in its own process (so peak memory and the XLA /
 mixed-precision state are its own) through the project's real train step
@@ -225,7 +225,7 @@ def input_throughput(seconds=8.0):
   """Augmented pretraining pairs/s of the project's pipeline at 32 (digits,
   batch 128) and 224 (JPEG photos, batch 16)."""
   from simclr import data  # pylint: disable=g-import-not-at-top
-  from tf2 import bench_utils  # pylint: disable=g-import-not-at-top
+  from tools import bench_utils  # pylint: disable=g-import-not-at-top
   out = {}
   with tempfile.TemporaryDirectory() as tmp:
     inputs = data.Inputs(data.DataConfig(
@@ -414,7 +414,7 @@ def write_results(rows, peak, pipeline, model_name, cores, cpu_flags,
   of each run."""
   lines = [
       '# Benchmark results', '',
-      f'Measured {datetime.date.today().isoformat()} by `python tf2/bench.py` '
+      f'Measured {datetime.date.today().isoformat()} by `python tools/bench.py` '
       f'on {model_name}, {cores} cores (CPU flags: {", ".join(cpu_flags)}); '
       f'TensorFlow {_tf_version()}.', '',
       f'Matmul peak measured in the same run: {peak["float32"]:.0f} GFLOP/s '

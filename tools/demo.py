@@ -12,9 +12,9 @@ embedded `digits`), sized for a 2-core CPU, with honest baselines:
      the same architecture trained from scratch, and logistic regression and
      k-nearest-neighbours on the raw 8x8 pixels (scikit-learn).
 
-    python tf2/demo.py                  # make demo: one seed, writes demo_out/
-    python tf2/demo.py --seeds=0,1,2    # the README table: mean and std
-    python tf2/demo.py --tune           # how the settings below were chosen
+    python tools/demo.py                  # make demo: one seed, writes demo_out/
+    python tools/demo.py --seeds=0,1,2    # the README table: mean and std
+    python tools/demo.py --tune           # how the settings below were chosen
 
 Every setting below (augmentations, learning rates, steps, the supervised
 baseline's optimiser, the raw-pixel baselines' C and k) was chosen by
@@ -42,7 +42,7 @@ from absl import logging
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 
-from tf2 import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tools import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', os.path.join(ROOT, 'demo_out'), 'Output folder.')
@@ -65,12 +65,12 @@ flags.DEFINE_list('tune_groups', ['pretrain', 'finetune', 'supervised',
                   'supervised, distill, raw).')
 
 # The digits recipe (chosen on validation by --tune) lives in
-# tf2/experiment.py, which the study shares.
-from tf2.experiment import AUGMENT  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
-from tf2.experiment import DISTILL, FINETUNE, IMAGE_SIZE, PRETRAIN  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
-from tf2.experiment import RAW_KNN_K, RAW_LOGISTIC_C, SUPERVISED  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
-from tf2.experiment import SMALL, TEACHER, TEST_SPLIT, TRAIN_SPLIT  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
-from tf2.experiment import VALIDATION_SPLITS  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
+# tools/experiment.py, which the study shares.
+from tools.experiment import AUGMENT  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
+from tools.experiment import DISTILL, FINETUNE, IMAGE_SIZE, PRETRAIN  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
+from tools.experiment import RAW_KNN_K, RAW_LOGISTIC_C, SUPERVISED  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
+from tools.experiment import SMALL, TEACHER, TEST_SPLIT, TRAIN_SPLIT  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
+from tools.experiment import VALIDATION_SPLITS  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
 
 
 def architecture_name(arch):
@@ -329,7 +329,7 @@ def main(argv):
   fractions = [float(f) for f in FLAGS.label_fractions]
   started = time.time()
   if FLAGS.tune:
-    from tf2 import demo_tuning  # pylint: disable=g-import-not-at-top
+    from tools import demo_tuning  # pylint: disable=g-import-not-at-top
     demo_tuning.tune(sys.modules[__name__], out, FLAGS.data_dir, fractions,
                      groups=FLAGS.tune_groups)
     return

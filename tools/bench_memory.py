@@ -4,8 +4,8 @@ r"""Benchmark: what SimCLRv2's memory costs per pretraining step, for each
 All settings are timed in this one process, one after the other, so their
 figures compare; the CPU flags are printed with them.
 
-    python tf2/bench_memory.py                       # ResNet-18, 32x32
-    python tf2/bench_memory.py --depth=50 --image_size=224 --batch=16
+    python tools/bench_memory.py                       # ResNet-18, 32x32
+    python tools/bench_memory.py --depth=50 --image_size=224 --batch=16
 """
 
 import os

@@ -17,10 +17,10 @@ size a 2-core CPU carries, with the demo's baselines beside every row.
      width (Table 3), beside each width's own SimCLR fine-tuning and its
      supervised training.
 
-    python tf2/study.py                 # make study: seed 0, writes study_out/
-    python tf2/study.py --seeds=0,1,2   # mean and spread over seeds too
+    python tools/study.py                 # make study: seed 0, writes study_out/
+    python tools/study.py --seeds=0,1,2   # mean and spread over seeds too
 
-Every setting is the demo's (tf2/experiment.py), chosen on the validation
+Every setting is the demo's (tools/experiment.py), chosen on the validation
 part of the training split; the test split gives only the final numbers.
 A stage whose result exists is not run again: a killed study continues
 where it stopped (run the same command). Outputs: study_out/results.json
@@ -38,7 +38,7 @@ from absl import flags
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 
-from tf2 import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tools import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', os.path.join(ROOT, 'study_out'), 'Output folder.')

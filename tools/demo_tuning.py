@@ -1,12 +1,12 @@
-"""`python tf2/demo.py --tune`: the validation grids that chose the demo's
+"""`python tools/demo.py --tune`: the validation grids that chose the demo's
 settings. Everything trains on the first 80% of the digits' train split and
 is scored on its last 20% (288 digits); the test split is never read.
 
 Each grid varies one group of settings with the others at the demo's values
-(tf2/demo.py), in the order the demo depends on them: pretraining (scored by
+(tools/demo.py), in the order the demo depends on them: pretraining (scored by
 linear classifiers on its frozen features with 1%, 10% and all of the
 labels), fine-tuning, the supervised baseline, distillation and the raw-pixel
-baselines. The winner of each grid is what tf2/demo.py uses; the tables go to
+baselines. The winner of each grid is what tools/demo.py uses; the tables go to
 <out>/tuning.md.
 """
 
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-# The running tf2/demo.py module (its settings and Pipeline), set by tune().
+# The running tools/demo.py module (its settings and Pipeline), set by tune().
 demo = None
 
 # Candidates per grid: {name: settings that replace the demo's}.

@@ -2,8 +2,8 @@ r"""Input-pipeline throughput: augmented pretraining pairs per second at 32x32
 and 224x224 on this machine, where the time goes, and how fast the model
 consumes pairs, so one can see whether training would starve.
 
-    python tf2/bench_input.py                 # both sizes, with the model
-    python tf2/bench_input.py --sizes=32 --nomodel
+    python tools/bench_input.py                 # both sizes, with the model
+    python tools/bench_input.py --sizes=32 --nomodel
 
 Data: at 32, the embedded `digits` (real 32x32 images, prepared into a
 temporary data_dir unless --data_dir is given); at 224, a temporary folder of
@@ -21,6 +21,7 @@ Reported per size:
 """
 
 import os
+import sys
 import tempfile
 import time
 
@@ -30,10 +31,13 @@ from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from simclr import data
-from simclr.data import augment
-from tf2.bench_utils import photo_folder
-from tf2.bench_utils import rate
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+sys.path.insert(0, ROOT)
+
+from simclr import data  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr.data import augment  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from tools.bench_utils import photo_folder  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from tools.bench_utils import rate  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('sizes', ['32', '224'], 'Image sizes to measure.')

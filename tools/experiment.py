@@ -1,4 +1,4 @@
-"""What the demo (tf2/demo.py) and the study (tf2/study.py) share: running a
+"""What the demo (tools/demo.py) and the study (tools/study.py) share: running a
 stage (one simclr.train configuration) so that a finished stage is not run
 again, the raw-pixel baselines on the digits, grouping rows into means and
 spreads, progress lines, and where a table was made.
@@ -21,7 +21,7 @@ STAGE_FILE = 'stage.json'
 
 # ---------------------------------------------------------------------------
 # The digits recipe: every setting chosen on the validation part of the
-# training split by `python tf2/demo.py --tune` (docs/demo_tuning.md).
+# training split by `python tools/demo.py --tune` (docs/demo_tuning.md).
 
 TRAIN_SPLIT, TEST_SPLIT = 'train', 'test'
 VALIDATION_SPLITS = ('train[:80%]', 'train[80%:]')

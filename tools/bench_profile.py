@@ -1,10 +1,10 @@
 r"""Where a pretraining step spends its time: a TensorFlow profiler trace of a
 few steps (open it in TensorBoard's Profile tab) and a printed summary.
 
-    python tf2/bench_profile.py --config=r50_224
-    python tf2/bench_profile.py --config=r50_224 --published_tf2_dir=...
+    python tools/bench_profile.py --config=r50_224
+    python tools/bench_profile.py --config=r50_224 --published_tf2_dir=...
 
-The step is the one tf2/bench.py times (ours, or the published code's with
+The step is the one tools/bench.py times (ours, or the published code's with
 --published_tf2_dir). The summary gives, per op type, the time its kernels
 ran per step, and how much of the step's wall time had zero, one or two
 or more ops running at once: with two cores, two concurrent convolutions
@@ -29,11 +29,11 @@ from absl import flags
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 
-from tf2 import bench  # noqa: E402  pylint: disable=g-import-not-at-top
+from tools import bench  # noqa: E402  pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('config', 'r50_224',
-                    f'One of {", ".join(bench.SETTINGS)} (as tf2/bench.py).')
+                    f'One of {", ".join(bench.SETTINGS)} (as tools/bench.py).')
 flags.DEFINE_enum('precision', 'float32', ['float32', 'bfloat16'],
                   'Precision of our step (the published one is float32).')
 flags.DEFINE_integer('profile_steps', 2, 'Steps traced, after 2 untraced.')
