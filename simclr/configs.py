@@ -311,7 +311,7 @@ LINEAR_EVAL_PROTOCOLS = ('cached', 'augmented')
 PRECISIONS = ('float32', 'bfloat16', 'float16')
 # --mode: what a run does with its train_mode.
 RUN_MODES = ('train', 'eval', 'train_then_eval')
-# --memory_mode: the two readings of SimCLRv2's memory (README, Training).
+# --memory_mode: the two readings of SimCLRv2's memory (docs/training.md).
 MEMORY_MODES = ('negatives', 'moco')
 # What distillation trains on: every training image ('all', SimCLRv2's
 # default) or only the label subset's ('labeled', Table 2's second row).
@@ -366,11 +366,11 @@ class TrainConfig:
     one (0: fail at once).
   deterministic: TensorFlow's op determinism and every seed set from
     DataConfig.seed (0 when unset), so that the same command gives the same
-    weights bit for bit (slower; README, Reproducibility).
+    weights bit for bit (slower; docs/training.md, Reproducibility).
   knn_eval_steps / knn_k / knn_temperature: every knn_eval_steps steps (0:
     never) and at the last step, weighted k-NN accuracy of the encoder's
     final_avg_pool features, the train split the bank and the eval split
-    the queries (simclr/knn.py; README, k-NN evaluation).
+    the queries (simclr/knn.py; docs/evaluation.md).
   """
   mode: str = 'train'
   train_mode: str = 'pretrain'

@@ -1,7 +1,8 @@
-"""Bad input to every command line under tf2/: one line on stderr,
-`error: ...` naming the flag or file, exit code 2, no traceback, before any
-training (README, Failure behaviour). One parametrised sweep; most cases
-fail before TensorFlow does real work (many before it is imported)."""
+"""Bad input to the command lines under tf2/ and tools/: one line on
+stderr, `error: ...` naming the flag or file, exit code 2, no traceback,
+before any training (docs/failure.md, Bad input). One parametrised sweep;
+most cases fail before TensorFlow does real work (many before it is
+imported)."""
 
 import os
 import subprocess

@@ -19,8 +19,8 @@ from tests.conftest import reference_dir
 
 REPO = os.path.join(os.path.dirname(__file__), '..')
 SCRIPT = os.path.join(REPO, 'tf2', 'export_onnx.py')
-# float32 round-off through a ResNet: measured 2e-7..9e-7 (README); a wrong
-# padding, stem or batch-norm fold gives differences of order 1.
+# float32 round-off through a ResNet: measured 2e-7..9e-7 (docs/models.md);
+# a wrong padding, stem or batch-norm fold gives differences of order 1.
 TOLERANCE = 1e-5
 
 

@@ -13,7 +13,7 @@ embedded `digits`), sized for a 2-core CPU, with honest baselines:
      k-nearest-neighbours on the raw 8x8 pixels (scikit-learn).
 
     python tools/demo.py                  # make demo: one seed, writes demo_out/
-    python tools/demo.py --seeds=0,1,2    # the README table: mean and std
+    python tools/demo.py --seeds=0,1,2    # docs/demo.md's table: mean and std
     python tools/demo.py --tune           # how the settings below were chosen
 
 Every setting below (augmentations, learning rates, steps, the supervised

@@ -6,7 +6,8 @@ Without --checkpoint it is supervised training from scratch.
 
 Loss on one replica: cross-entropy of the labeled rows + weight decay (the
 supervised head's kernel with LARS, as published). Blocks up to
---fine_tune_after_block are frozen (see the README's differences list).
+--fine_tune_after_block are frozen (docs/training.md, Differences from the
+published code).
 """
 
 from typing import List
