@@ -24,6 +24,8 @@ from typing import Iterable, Optional
 
 import tensorflow as tf
 
+from simclr import paths
+
 HEAD_LABELS_FILE = 'head_labels.json'
 HEAD_LABEL_IDS_FILE = 'head_labels_ids.txt'
 
@@ -89,9 +91,9 @@ class HeadLabels:
     if self.is_subset:
       if self.subset_ids is None:
         raise ValueError('a subset record needs its ids to be written')
-      _write_text(os.path.join(directory, HEAD_LABEL_IDS_FILE),
+      paths.write_text(os.path.join(directory, HEAD_LABEL_IDS_FILE),
                   ''.join(f'{i}\n' for i in self.subset_ids))
-    _write_text(os.path.join(directory, HEAD_LABELS_FILE), self.to_json())
+    paths.write_text(os.path.join(directory, HEAD_LABELS_FILE), self.to_json())
 
 
 # What files without a record count as: every label, split unknown.
@@ -147,10 +149,4 @@ def why_not_reusable(fitted: HeadLabels, run: HeadLabels) -> Optional[str]:
     return None
   return (f'it was fitted on {fitted.describe()}, this run may see only '
           f'{run.describe()}')
-
-
-def _write_text(path: str, text: str):
-  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
-    f.write(text)
-  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
 

@@ -13,8 +13,12 @@ not do, e.g. "/data/run: is a file (812 bytes), not a directory"; callers
 prefix the flag. Local paths are checked with the os module (no TensorFlow
 import, so that scripts fail fast); paths with a scheme (gs://...) through
 tf.io.gfile.
+
+Also here: write_text / write_json, which write aside and rename, so that a
+reader (or a crash) never sees half a file.
 """
 
+import json
 import os
 import stat
 from typing import Optional
@@ -174,3 +178,22 @@ def _check_remote_dir(path: str):
   except tf.errors.OpError as e:
     raise PathError(f'{path}: cannot be created or written: '
                     f'{e.message}') from None
+
+
+def write_text(path: str, text: str):
+  """Writes `path` whole: into path.tmp, then renamed over `path` (local
+  paths with the os module, others through tf.io.gfile)."""
+  if not _is_url(path):
+    with open(path + '.tmp', 'w') as f:
+      f.write(text)
+    os.replace(path + '.tmp', path)
+    return
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
+    f.write(text)
+  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+
+
+def write_json(path: str, value):
+  """write_text of `value` as indented JSON with sorted keys."""
+  write_text(path, json.dumps(value, indent=1, sort_keys=True))

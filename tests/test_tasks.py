@@ -8,12 +8,11 @@ import pytest
 import tensorflow as tf
 
 import simclr
-from simclr import optimization
 from simclr.configs import configs_from_values
 from simclr.tasks import TASKS
 from simclr.tasks.base import RunError
-from simclr.tasks.base import TrainingState
-from simclr.tasks.trainer import Trainer
+from simclr.tasks.build import build_trainer
+from simclr.tasks.build import build_training_state
 
 NUM_CLASSES = 3
 BATCH = 4  # images
@@ -47,20 +46,16 @@ def one_step(task, images, labels, return_trainer=False):
   (kernel, bias) before the step[, the trainer])."""
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   configs = task.configs
-  task.prepare(strategy)
-  with strategy.scope():
-    model = simclr.build_model(task.model_config())
-    # Cosine decay at step 0 is the peak: sqrt scaling gives lr * sqrt(B).
-    lr = optimization.build_learning_rate(configs.optimizer, BATCH, 100, 1000)
-    state = TrainingState(model, optimization.build_optimizer(
-        configs.optimizer, lr))
-    state.extras = task.extra_state(state)
+  # Cosine decay at step 0 is the peak: sqrt scaling gives lr * sqrt(B).
+  state = build_training_state(configs, task, strategy, num_examples=100,
+                               train_steps=1000)
+  model = state.model
   before = model(images, training=True)
   before = {k: v.numpy() for k, v in before.items()}
   dataset = strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors((images, labels)).repeat())
-  trainer = Trainer(task, state, configs.optimizer, dataset, strategy,
-                    learning_rate=lr, summary_images=0)
+  trainer = build_trainer(configs, task, state, dataset, strategy,
+                          summary_images=0)
   head = model.supervised_head
   kernel, bias = ((head.dense.kernel.numpy(), head.dense.bias.numpy())
                   if head is not None else (None, None))

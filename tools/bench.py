@@ -81,13 +81,11 @@ def build_step(config_name, precision, xla):
   random images. Returns (train, model): train(n) runs n steps and returns
   when they are done."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from simclr import optimization  # pylint: disable=g-import-not-at-top
   from simclr.configs import configs_from_values  # pylint: disable=g-import-not-at-top
-  from simclr.models.simclr_model import build_model  # pylint: disable=g-import-not-at-top
   from simclr.tasks import runner  # pylint: disable=g-import-not-at-top
-  from simclr.tasks.base import TrainingState  # pylint: disable=g-import-not-at-top
+  from simclr.tasks.build import build_trainer  # pylint: disable=g-import-not-at-top
+  from simclr.tasks.build import build_training_state  # pylint: disable=g-import-not-at-top
   from simclr.tasks.pretrain import PretrainTask  # pylint: disable=g-import-not-at-top
-  from simclr.tasks.trainer import Trainer  # pylint: disable=g-import-not-at-top
 
   setting = SETTINGS[config_name]
   size, batch = setting['image_size'], setting['batch']
@@ -95,21 +93,20 @@ def build_step(config_name, precision, xla):
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   configs = configs_from_values(dict(
       train_mode='pretrain', resnet_depth=setting['depth'], image_size=size,
-      train_batch_size=batch, train_steps=1000, jit_compile=xla))
+      train_batch_size=batch, train_steps=1000, jit_compile=xla,
+      precision=precision))
   task = PretrainTask(configs, num_classes=10)
-  with strategy.scope():
-    model = build_model(task.model_config())
-    lr = optimization.build_learning_rate(configs.optimizer, batch,
-                                          1000 * batch, 1000)
-    optimizer = optimization.build_optimizer(configs.optimizer, lr)
-    state = TrainingState(model=model, optimizer=optimizer)
+  # The state and trainer a run builds (float16: with loss scaling).
+  state = build_training_state(configs, task, strategy,
+                               num_examples=1000 * batch, train_steps=1000)
+  model = state.model
   images = tf.random.stateless_uniform([2 * batch, size, size, 3], [1, 2])
   labels = tf.random.stateless_uniform([2 * batch], [3, 4], maxval=10,
                                        dtype=tf.int32)
   dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
   dataset = strategy.experimental_distribute_dataset(dataset)
-  trainer = Trainer(task, state, configs.optimizer, dataset, strategy,
-                    learning_rate=lr, jit_compile=xla, summary_images=0)
+  trainer = build_trainer(configs, task, state, dataset, strategy,
+                          summary_images=0)
   # Trainer.train returns the loop's metrics as numbers: the steps are done.
   return lambda steps: trainer.train(tf.constant(steps, tf.int32)), model
 

@@ -31,12 +31,10 @@ flags.DEFINE_integer('steps', 10, 'Timed steps per setting.')
 def time_setting(memory_size, memory_mode):
   """Seconds per step (after one traced step) of one setting."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import simclr  # pylint: disable=g-import-not-at-top
-  from simclr import optimization  # pylint: disable=g-import-not-at-top
   from simclr.configs import configs_from_values  # pylint: disable=g-import-not-at-top
-  from simclr.tasks.base import TrainingState  # pylint: disable=g-import-not-at-top
+  from simclr.tasks.build import build_trainer  # pylint: disable=g-import-not-at-top
+  from simclr.tasks.build import build_training_state  # pylint: disable=g-import-not-at-top
   from simclr.tasks.pretrain import PretrainTask  # pylint: disable=g-import-not-at-top
-  from simclr.tasks.trainer import Trainer  # pylint: disable=g-import-not-at-top
 
   batch, size = FLAGS.batch, FLAGS.image_size
   configs = configs_from_values(dict(
@@ -46,19 +44,14 @@ def time_setting(memory_size, memory_mode):
       global_bn=False))
   task = PretrainTask(configs, num_classes=10)
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
-  with strategy.scope():
-    model = simclr.build_model(task.model_config())
-    lr = optimization.build_learning_rate(configs.optimizer, batch,
-                                          1000 * batch, 1000)
-    state = TrainingState(model, optimization.build_optimizer(
-        configs.optimizer, lr))
-    state.extras = task.extra_state(state)
+  state = build_training_state(configs, task, strategy,
+                               num_examples=1000 * batch, train_steps=1000)
   images = tf.random.stateless_uniform([2 * batch, size, size, 3], [1, 2])
   labels = tf.zeros([2 * batch], tf.int32)
   dataset = strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors((images, labels)).repeat())
-  trainer = Trainer(task, state, configs.optimizer, dataset, strategy,
-                    learning_rate=lr, summary_images=0)
+  trainer = build_trainer(configs, task, state, dataset, strategy,
+                          summary_images=0)
   trainer.train(tf.constant(1, tf.int32))
   start = time.time()
   trainer.train(tf.constant(FLAGS.steps, tf.int32))

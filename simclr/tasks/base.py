@@ -46,10 +46,13 @@ class TrainingState:
 
   extras: the task's own trackables (e.g. momentum_encoder, memory_queue),
     checkpointed under their keys beside the model.
+  learning_rate: the optimizer's schedule (step -> rate), for the trainer's
+    learning_rate metric; not checkpointed (rebuilt from the configs).
   """
   model: SimCLRModel
   optimizer: tf_keras.optimizers.legacy.Optimizer
   extras: Dict[str, tf.Module] = dataclasses.field(default_factory=dict)
+  learning_rate: Any = None
 
   @property
   def global_step(self) -> tf.Variable:

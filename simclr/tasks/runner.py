@@ -1,7 +1,8 @@
-"""A whole run from config objects: strategy, data, the task of the train
-mode, model, optimiser, the orbit Controller (train loop, summaries; the
-actions of actions.py for progress, checkpoints and preemption), evaluation,
-results and exports.
+"""A whole run from config objects: the checks of preflight.py, strategy,
+data, the task of the train mode, its training state (build.py), restoring
+or initialising it, the orbit Controller (train loop, summaries; the actions
+of actions.py for progress, checkpoints and preemption), evaluation
+(evaluator.py), results and exports.
 
     result = simclr.train(dataset='digits', image_size=32, resnet_depth=18,
                           model_dir='/tmp/m', mode='train_then_eval')
@@ -26,10 +27,8 @@ from simclr import compat
 from simclr import data as data_lib
 from simclr import distribute
 from simclr import knn as knn_lib
-from simclr import optimization
 from simclr import paths
 from simclr.configs import RunConfigs
-from simclr.configs import SUBSET_PIPELINES
 from simclr.configs import configs_from_values
 from simclr.head_labels import HeadLabels
 from simclr.models.simclr_model import SimCLRModel
@@ -37,11 +36,13 @@ from simclr.models.simclr_model import build_model
 from simclr.tasks import TASKS
 from simclr.tasks import actions
 from simclr.tasks import evaluator as evaluator_lib
+from simclr.tasks import preflight
 from simclr.tasks.actions import Preempted  # pylint: disable=unused-import
 from simclr.tasks.base import RunError
 from simclr.tasks.base import TrainingState
+from simclr.tasks.build import build_trainer
+from simclr.tasks.build import build_training_state
 from simclr.tasks.trainer import NonFiniteLossError
-from simclr.tasks.trainer import Trainer
 
 compat.quiet_orbit_controller()
 
@@ -91,13 +92,6 @@ def make_deterministic(configs: RunConfigs):
   tf_keras.utils.set_random_seed(configs.data.seed)
 
 
-def write_json(path: str, value):
-  """Writes aside, then renames: a reader never sees half a file."""
-  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
-
-
 def export(model: SimCLRModel, model_dir: str, step: int, keep: int,
            head_labels: Optional[HeadLabels] = None, enabled: bool = True):
   """Writes model_dir/saved_model/<step>/, keeping the newest `keep`;
@@ -143,7 +137,7 @@ class Run:
     train = configs.train
     # Files first: none of these checks starts TensorFlow's runtime, which a
     # MultiWorkerMirroredStrategy must configure before anything else.
-    check_paths(configs)
+    preflight.check_paths(configs)
     self.model_dir = train.model_dir
     # The checkpoint of model_dir to resume (or evaluate) from, read whole
     # once here so that a damaged one stops the run before it starts.
@@ -162,12 +156,8 @@ class Run:
     set_precision(train.precision, on_cpu=not (
         configs.strategy.use_tpu or tf.config.list_physical_devices('GPU')))
     self.strategy = distribute.build_strategy(configs.strategy)
-    replicas = self.strategy.num_replicas_in_sync
-    for flag in ('train_batch_size', 'eval_batch_size'):
-      value = getattr(configs.data, flag)
-      if value % replicas:
-        raise RunError(f'--{flag}={value} is not divisible by the {replicas} '
-                       f'replicas')
+    preflight.check_batch_sizes(configs,
+                                self.strategy.num_replicas_in_sync)
     try:
       self.inputs = data_lib.Inputs(
           configs.data.replace(model_dir=self.model_dir))
@@ -176,81 +166,23 @@ class Run:
     self.task = TASKS[train.train_mode](configs, self.inputs.num_classes,
                                         self.inputs)
     self.task.check()
-    self._check_splits()
-    if self.task.pipeline in SUBSET_PIPELINES + ('distill',):
-      self._check_label_subset()
+    preflight.check_inputs(configs, self.inputs, self.task)
     # Which labels the head this run trains is fitted on (model_dir's
     # head_labels.json); the task may have adopted a teacher's subset.
     self.head_labels = self.task.head_labels()
     # The last k-NN values of training (knn_lib.KnnMonitor), for the results.
     self.knn_metrics = {}
-    if train.knn_eval_steps:
-      self._check_knn_settings()
     tf.io.gfile.makedirs(self.model_dir)
-
-  def _check_splits(self):
-    """Refuses a split the dataset does not have, or one that selects no
-    examples: --train_split always (it also sizes an eval run's schedule),
-    --eval_split when evaluation or k-NN reads it."""
-    data, train = self.configs.data, self.configs.train
-    used = [('train_split', data.train_split)]
-    if train.mode != 'train' or train.knn_eval_steps:
-      used.append(('eval_split', data.eval_split))
-    for flag, split in used:
-      try:
-        self.inputs.source.check_split(split)
-      except ValueError as e:
-        raise RunError(f'--{flag}={split}: {e}') from None
-
-  def _check_label_subset(self):
-    """Reads --label_subset_file or draws the --train_label_fraction subset
-    now (the pipelines reuse it), so that a bad one stops the run here."""
-    data = self.configs.data
-    flag = (f'--label_subset_file={data.label_subset_file}'
-            if data.label_subset_file is not None else
-            f'--train_label_fraction={data.train_label_fraction}')
-    try:
-      self.inputs.label_subset()
-    except ValueError as e:
-      raise RunError(f'{flag}: {e}') from None
-
-  def _check_knn_settings(self):
-    """Refuses now what would stop the first k-NN evaluation mid-run."""
-    data, train = self.configs.data, self.configs.train
-    if not self.inputs.num_classes:
-      raise RunError(f'--knn_eval_steps: --dataset={data.dataset} has no '
-                     f'labels for the k-NN bank')
-    bank = self.inputs.num_examples(data.train_split)
-    if train.knn_k > bank:
-      raise RunError(f'--knn_k={train.knn_k}: more than the {bank} examples '
-                     f'of --train_split={data.train_split} (the k-NN bank)')
-    if not self.inputs.num_eval_examples:
-      raise RunError(f'--knn_eval_steps: --eval_split={data.eval_split} is '
-                     f'empty (the k-NN queries)')
 
   # -- state ----------------------------------------------------------------
 
   def build_state(self) -> TrainingState:
     """The task's model and extras, the optimiser and the schedule (not yet
     restored or initialised)."""
-    configs = self.configs
-    self.task.prepare(self.strategy)
-    model_config = self.task.model_config()
     num_examples = self.inputs.num_train_examples(self.task.pipeline)
-    self.schedule = make_schedule(configs, num_examples)
-    with self.strategy.scope():
-      model = build_model(model_config)
-      self.learning_rate = optimization.build_learning_rate(
-          configs.optimizer, configs.data.train_batch_size, num_examples,
-          self.schedule.train_steps)
-      optimizer = optimization.build_optimizer(configs.optimizer,
-                                               self.learning_rate)
-      if configs.train.precision == 'float16':
-        optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
-      state = TrainingState(model=model, optimizer=optimizer)
-      state.global_step  # pylint: disable=pointless-statement
-      state.extras = self.task.extra_state(state)
-    return state
+    self.schedule = make_schedule(self.configs, num_examples)
+    return build_training_state(self.configs, self.task, self.strategy,
+                                num_examples, self.schedule.train_steps)
 
   def _write_model_config(self, model: SimCLRModel):
     with tf.io.gfile.GFile(
@@ -300,7 +232,7 @@ class Run:
     schedule = self.schedule
     manager = self._restore_or_initialize(state)
     self._write_model_config(state.model)
-    write_json(os.path.join(self.model_dir, 'flags.json'), self.flags)
+    paths.write_json(os.path.join(self.model_dir, 'flags.json'), self.flags)
     steps = self.task.fit(state)
     if steps is not None:
       actions.save_checkpoint(manager, steps)
@@ -315,9 +247,8 @@ class Run:
     configs, train = self.configs, self.configs.train
     dataset = self.inputs.distributed_dataset(self.strategy,
                                               self.task.pipeline)
-    trainer = Trainer(self.task, state, configs.optimizer, dataset,
-                      self.strategy, learning_rate=self.learning_rate,
-                      jit_compile=train.jit_compile)
+    trainer = build_trainer(configs, self.task, state, dataset,
+                            self.strategy)
     progress = actions.ProgressReporter(
         state.global_step, schedule.train_steps,
         configs.data.train_batch_size * self.task.views)
@@ -362,14 +293,15 @@ class Run:
     if knn_monitor is not None:
       self.knn_metrics = knn_monitor.last_metrics
     # The last loop's training metrics, e.g. to compare workers or runs.
-    write_json(os.path.join(self.model_dir, 'train_metrics.json'),
+    paths.write_json(os.path.join(self.model_dir, 'train_metrics.json'),
                dict(progress.last_output, **self.knn_metrics))
 
   # -- evaluation -----------------------------------------------------------
 
   def evaluate(self, model: SimCLRModel, step: int) -> Optional[Dict]:
     """Evaluates `model`, writes result.json, result_<step>.json and
-    flags.json into model_dir and returns the result."""
+    flags.json into model_dir and returns the result (a model without a
+    supervised head: the last k-NN values of training, if any)."""
     train = self.configs.train
     if model.supervised_head is None:
       logging.info('Skipping eval: the model has no supervised head '
@@ -377,27 +309,14 @@ class Run:
       if not self.knn_metrics:
         return None
       result = dict(self.knn_metrics, global_step=step)
-      write_json(os.path.join(self.model_dir, 'result.json'), result)
-      write_json(os.path.join(self.model_dir, f'result_{step}.json'), result)
+      evaluator_lib.write_result(self.model_dir, step, result)
       return result
-    dataset = self.inputs.distributed_dataset(self.strategy, 'eval')
-    evaluator = evaluator_lib.ClassificationEvaluator(
-        model, dataset, self.strategy, self.configs.optimizer)
-    output = evaluator.evaluate(tf.constant(train.eval_steps or -1, tf.int32))
-    result = {k: float(v) for k, v in output.items()}
-    result['global_step'] = step
-    logging.info('eval at step %d: %s', step, result)
-    summary_dir = os.path.join(self.model_dir, train.eval_name or 'eval')
-    writer = tf.summary.create_file_writer(summary_dir)
-    with writer.as_default():
-      for key, value in result.items():
-        if key != 'global_step':
-          tf.summary.scalar(key, value, step=step)
-    writer.flush()
-    result.update(self.knn_metrics)  # Their TensorBoard scalars are train's.
-    write_json(os.path.join(self.model_dir, 'result.json'), result)
-    write_json(os.path.join(self.model_dir, f'result_{step}.json'), result)
-    write_json(os.path.join(self.model_dir, 'flags.json'), self.flags)
+    result = evaluator_lib.evaluate_and_record(
+        model, self.inputs.distributed_dataset(self.strategy, 'eval'),
+        self.strategy, self.configs.optimizer, self.model_dir, step,
+        eval_steps=train.eval_steps, eval_name=train.eval_name,
+        extra=self.knn_metrics)
+    paths.write_json(os.path.join(self.model_dir, 'flags.json'), self.flags)
     return result
 
   def evaluate_checkpoints(self) -> Optional[Dict]:
@@ -446,61 +365,6 @@ class Run:
                      f'{self.model_dir} within --eval_wait_secs='
                      f'{train.eval_wait_secs}')
     return result
-
-
-def check_paths(configs: RunConfigs):
-  """Fails fast with RunError naming the flag: a --model_dir that cannot be
-  created or written, a --data_dir or --label_subset_file of the wrong kind,
-  and --checkpoint / --teacher_checkpoint paths that are not a model or are
-  damaged (check_checkpoint_paths)."""
-  train, data = configs.train, configs.data
-  if not train.model_dir:
-    raise RunError('--model_dir: required (checkpoints, summaries and '
-                   'exports are written there)')
-  try:
-    paths.check_output_dir(train.model_dir)
-  except paths.PathError as e:
-    raise RunError(f'--model_dir: {e}') from None
-  if data.data_dir:
-    try:
-      if data.dataset == 'digits':  # Prepared into data_dir on first use.
-        paths.check_output_dir(data.data_dir)
-      elif tf.io.gfile.exists(data.data_dir):
-        # (A missing one is TFDS's "not prepared", with the command to run.)
-        paths.check_input_dir(data.data_dir)
-    except paths.PathError as e:
-      raise RunError(f'--data_dir: {e}') from None
-  if data.label_subset_file is not None:
-    try:
-      paths.check_input_file(data.label_subset_file)
-    except paths.PathError as e:
-      raise RunError(f'--label_subset_file: {e}') from None
-  check_checkpoint_paths(configs)
-
-
-def check_checkpoint_paths(configs: RunConfigs):
-  """Fails fast, naming the flag, on --checkpoint / --teacher_checkpoint
-  paths that are not a model, or whose checkpoint is damaged (then naming
-  the file, and the newest intact checkpoint of a model_dir)."""
-  for flag in ('checkpoint', 'teacher_checkpoint'):
-    path = getattr(configs.train, flag)
-    if not path:
-      continue
-    try:
-      _, prefix = checkpoints.resolve_checkpoint(path)
-    except checkpoints.CheckpointError as e:
-      raise RunError(f'--{flag}: {e}') from None
-    problem = checkpoints.checkpoint_damage(prefix)
-    if problem is None:
-      continue
-    message = f'--{flag}={path}: damaged checkpoint: {problem}'
-    if tf.io.gfile.isdir(path) and prefix.startswith(path):
-      intact, _ = checkpoints.newest_intact_checkpoint(
-          path, below_step=checkpoints.checkpoint_step(prefix))
-      if intact is not None:
-        message += (f'; the newest intact checkpoint there is {intact}: pass '
-                    f'--{flag}={intact} to start from it')
-    raise RunError(message)
 
 
 def train(**flag_values) -> Optional[Dict[str, float]]:
