@@ -1,7 +1,7 @@
-"""Damaged checkpoints (simclr/checkpoints.py): checkpoint_damage names the
-damaged file, resumable_checkpoint refuses a damaged or missing newest
-checkpoint and names the newest intact one, load_model refuses a damaged
-file by name. End to end through tf2/run.py: tests/test_reliability.py."""
+"""Damaged checkpoints (simclr/checkpoints/damage.py): checkpoint_damage
+names the damaged file, resumable_checkpoint refuses a damaged or missing
+newest checkpoint and names the newest intact one, load_model refuses a
+damaged file by name. End to end through tf2/run.py: tests/test_reliability.py."""
 
 import os
 

@@ -1,6 +1,7 @@
-"""Loading models: published-format SavedModels and checkpoints (those of
-gs://simclr-checkpoints-tf2 and of the published `tf2/run.py`), and our own
-checkpoints, with the architecture inferred and every variable accounted for.
+"""The published object-graph layout: where each variable of our model sits
+in the published code's checkpoints and SavedModels (those of
+gs://simclr-checkpoints-tf2 and of the published `tf2/run.py`), and the
+architecture a published file holds, inferred from it.
 
 Published files are read through their object graph (attribute names and list
 positions of the published Keras layers, e.g.
@@ -15,22 +16,20 @@ written before that hold the tf_keras model itself under `model` ('legacy'
 layout, see `checkpoint_layout`).
 """
 
-import os
 import re
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from absl import logging
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from simclr import head_labels
+from simclr.checkpoints.damage import unreadable
+from simclr.checkpoints.resolve import CheckpointError
+from simclr.checkpoints.resolve import READ_ERRORS
+from simclr.checkpoints.resolve import resolve_checkpoint
 from simclr.configs import ModelConfig
 from simclr.models import resnet as resnet_lib
 from simclr.models.simclr_model import SimCLRModel
-from simclr.models.simclr_model import build_model
 
-# Our own model_dirs and exports carry the ModelConfig in this file.
-MODEL_CONFIG_FILE = 'model_config.json'
 # Children of a checkpointed object that are aliases of other children (lists
 # of all variables, Keras bookkeeping), not structure.
 _ALIAS_CHILDREN = frozenset([
@@ -42,76 +41,6 @@ _ALIAS_CHILDREN = frozenset([
 _BN_VARIABLES = ('gamma', 'beta', 'moving_mean', 'moving_variance')
 # How the model sits in a training checkpoint (see training_checkpoint).
 CHECKPOINT_LAYOUTS = ('published', 'legacy')
-# The index of a model_dir's checkpoints that tf.train.CheckpointManager
-# keeps (tf.train.get_checkpoint_state reads it).
-CHECKPOINT_STATE_FILE = 'checkpoint'
-
-
-class CheckpointError(ValueError):
-  """A path that is not a loadable model, or whose variables do not fit."""
-
-
-# ---------------------------------------------------------------------------
-# Locating and reading files.
-
-
-def resolve_checkpoint(path: str) -> Tuple[str, str]:
-  """Returns (kind, prefix) for a SavedModel dir, a model_dir, or a checkpoint
-  prefix. kind is 'saved_model' or 'checkpoint'; prefix is what
-  tf.train.load_checkpoint reads."""
-  if not path:
-    raise CheckpointError('no checkpoint path given')
-  if tf.io.gfile.isdir(path):
-    if tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')):
-      prefix = os.path.join(path, 'variables', 'variables')
-      if not tf.io.gfile.exists(prefix + '.index'):
-        raise CheckpointError(
-            f'{path}: SavedModel without variables/variables.index')
-      return 'saved_model', prefix
-    # The checkpoint a model_dir's index names, even when its files are gone
-    # (tf.train.latest_checkpoint would then say None): checkpoint_damage
-    # names what is missing.
-    state = _checkpoint_state(path)
-    if state is not None and state.model_checkpoint_path:
-      return 'checkpoint', state.model_checkpoint_path
-    indexes = sorted(tf.io.gfile.glob(os.path.join(path, '*.index')))
-    if len(indexes) == 1:
-      return 'checkpoint', indexes[0][:-len('.index')]
-    raise CheckpointError(
-        f'{path}: expected a SavedModel (saved_model.pb), a model_dir with a '
-        f'"checkpoint" file, or a checkpoint prefix; found '
-        f'{sorted(tf.io.gfile.listdir(path))[:10]}')
-  if tf.io.gfile.exists(path + '.index'):
-    return 'checkpoint', path
-  if path.endswith('.index') and tf.io.gfile.exists(path):
-    return 'checkpoint', path[:-len('.index')]
-  data_file = re.match(r'^(.*)\.data-\d{5}-of-\d{5}$', path)
-  if data_file and tf.io.gfile.exists(data_file.group(1) + '.index'):
-    return 'checkpoint', data_file.group(1)
-  if tf.io.gfile.exists(path):
-    raise CheckpointError(f'{path}: {_wrong_kind_of_file(path)}')
-  raise CheckpointError(
-      f'{path}: does not exist (expected a SavedModel directory, a model_dir '
-      f'or a checkpoint prefix such as model_dir/ckpt-1000)')
-
-
-def _wrong_kind_of_file(path: str) -> str:
-  """Why the existing non-directory `path` is not a model path, and what
-  to pass instead."""
-  name, parent = os.path.basename(path), os.path.dirname(path) or '.'
-  size = tf.io.gfile.stat(path).length
-  expected = ('not a SavedModel directory, a model_dir or a checkpoint prefix '
-              '(such as model_dir/ckpt-1000)')
-  if name == 'saved_model.pb':
-    return (f'is the graph file of a SavedModel, {expected}; pass its '
-            f'directory {parent}')
-  if name == CHECKPOINT_STATE_FILE:
-    return (f'is the checkpoint index of a model_dir, {expected}; pass the '
-            f'directory {parent}')
-  if name.endswith('.index') or re.search(r'\.data-\d{5}-of-\d{5}$', name):
-    return (f'is a file ({size} bytes) of a checkpoint whose .index is '
-            f'missing, {expected}')
-  return f'is a file ({size} bytes), {expected}'
 
 
 def object_graph_paths(prefix: str) -> Dict[str, str]:
@@ -134,184 +63,6 @@ def object_graph_paths(prefix: str) -> Dict[str, str]:
 
   walk(0, [], frozenset([0]))
   return paths
-
-
-# ---------------------------------------------------------------------------
-# Damaged checkpoints (a partial copy, a full disk, a flipped bit).
-
-# What reading a damaged checkpoint raises: OpError (an index that is not an
-# sstable or fails its checksum, a tensor whose CRC32C does not match, a
-# missing file), IndexError (a data file shorter than the index says).
-_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, RuntimeError,
-                OSError)
-
-
-def _first_line(error: Exception) -> str:
-  text = getattr(error, 'message', None) or str(error) or type(error).__name__
-  return text.strip().splitlines()[0][:300]
-
-
-def _data_files(prefix: str) -> List[str]:
-  return sorted(tf.io.gfile.glob(prefix + '.data-?????-of-?????'))
-
-
-def checkpoint_damage(prefix: str) -> Optional[str]:
-  """None when the checkpoint at `prefix` reads back whole, else what is
-  wrong, naming the file, e.g. '/m/ckpt-6.index is unreadable (not an
-  sstable (bad magic number))'.
-
-  Reads the index and every tensor once: TensorFlow checks each tensor
-  against the CRC32C and length the index records, so a truncated or
-  corrupted data file is found here rather than by a restore that has
-  already assigned some variables (or, for optimizer slots, restores them
-  lazily in the middle of training)."""
-  index = prefix + '.index'
-  if not tf.io.gfile.exists(index):
-    return f'{index} is missing'
-  data = _data_files(prefix)
-  if not data:
-    return f'{prefix}.data-* is missing (no data file beside {index})'
-  shards = int(data[0].rsplit('-of-', 1)[1])
-  for shard in range(shards):
-    name = f'{prefix}.data-{shard:05d}-of-{shards:05d}'
-    if name not in data:
-      return f'{name} is missing'
-  try:
-    reader = tf.train.load_checkpoint(prefix)
-    keys = sorted(reader.get_variable_to_dtype_map())
-  except _READ_ERRORS as e:
-    return f'{index} is unreadable ({_first_line(e)})'
-  for key in keys:
-    try:
-      reader.get_tensor(key)
-    except _READ_ERRORS as e:
-      where = (data[0] if len(data) == 1 else
-               f'one of {", ".join(data)}')
-      return (f'{where} is unreadable (tensor {key}: '
-              f'{_first_line(e)})')
-  return None
-
-
-def checkpoint_step(prefix: str) -> Optional[int]:
-  """The number a checkpoint prefix ends with ('/m/ckpt-40' -> 40)."""
-  match = re.search(r'-(\d+)$', prefix)
-  return int(match.group(1)) if match else None
-
-
-def _prefixes_on_disk(model_dir: str) -> List[str]:
-  """Numbered checkpoint prefixes with an .index in model_dir, oldest first."""
-  prefixes = [p[:-len('.index')] for p in
-              tf.io.gfile.glob(os.path.join(model_dir, '*-*.index'))]
-  return sorted((p for p in prefixes if checkpoint_step(p) is not None),
-                key=checkpoint_step)
-
-
-def newest_intact_checkpoint(model_dir: str, below_step: Optional[int] = None
-                             ) -> Tuple[Optional[str], List[str]]:
-  """(the newest checkpoint of model_dir that reads back whole, every intact
-  one up to it, oldest first), among those numbered below `below_step`;
-  (None, []) when there is none. Checks newest first and stops at the
-  first intact one."""
-  # The index may list checkpoints whose files are gone, and miss some that
-  # are there; by step, the first path seen wins.
-  by_step = {}
-  state = _checkpoint_state(model_dir)
-  listed = list(state.all_model_checkpoint_paths) if state else []
-  for prefix in _prefixes_on_disk(model_dir) + listed:
-    step = checkpoint_step(prefix)
-    if step is not None and (below_step is None or step < below_step):
-      by_step.setdefault(step, prefix)
-  candidates = [by_step[step] for step in sorted(by_step)]
-  for i in range(len(candidates) - 1, -1, -1):
-    if checkpoint_damage(candidates[i]) is None:
-      older = [p for p in candidates[:i] if tf.io.gfile.exists(p + '.index')]
-      return candidates[i], older + [candidates[i]]
-  return None, []
-
-
-def _checkpoint_state(model_dir: str):
-  try:
-    return tf.train.get_checkpoint_state(model_dir)
-  except _READ_ERRORS:
-    return None
-
-
-def resume_command(model_dir: str, prefix: str, kept: List[str]) -> str:
-  """The command that makes `prefix` the newest checkpoint of model_dir's
-  index (keeping `kept` listed for rotation), so that the run resumes from
-  it."""
-  names = [os.path.basename(p) for p in kept]
-  return (f'python -c "import tensorflow as tf; '
-          f'tf.compat.v1.train.update_checkpoint_state('
-          f'{_absolute(model_dir)!r}, {os.path.basename(prefix)!r}, '
-          f'{names!r})"')
-
-
-def _absolute(model_dir: str) -> str:
-  # update_checkpoint_state keeps names relative to an absolute directory
-  # as they are, but rewrites them against a relative one.
-  return model_dir if '://' in model_dir else os.path.abspath(model_dir)
-
-
-def resumable_checkpoint(model_dir: str) -> Optional[str]:
-  """The checkpoint a run in model_dir resumes from: the newest one its
-  `checkpoint` index names, or None for a model_dir without checkpoints.
-
-  Raises CheckpointError, naming the file, when that checkpoint is damaged
-  or missing, when the index is unreadable, or when checkpoint files lie in
-  model_dir without an index naming an intact one: a run never trains over
-  them from random weights. The message names the newest intact checkpoint
-  and the command that resumes from it (resume_command). An index lost with
-  the newest checkpoint intact (a kill during the first save, a copy that
-  left it out) is rewritten, with a warning."""
-  state_file = os.path.join(model_dir, CHECKPOINT_STATE_FILE)
-  on_disk = _prefixes_on_disk(model_dir)
-  if not tf.io.gfile.exists(state_file):
-    if not on_disk:
-      return None
-    newest = on_disk[-1]
-    problem = checkpoint_damage(newest)
-    if problem is None:
-      tf.compat.v1.train.update_checkpoint_state(
-          _absolute(model_dir), os.path.basename(newest),
-          [os.path.basename(p) for p in on_disk])
-      logging.warning('%s was missing; rewrote it naming %s, the newest '
-                      'checkpoint there, to resume from', state_file, newest)
-      return newest
-    raise CheckpointError(_damage_message(
-        model_dir, f'holds checkpoint files but no {CHECKPOINT_STATE_FILE} '
-        f'index, and the newest, {os.path.basename(newest)}, is damaged: '
-        f'{problem}', checkpoint_step(newest)))
-  state = _checkpoint_state(model_dir)
-  if state is None or not state.model_checkpoint_path:
-    raise CheckpointError(_damage_message(
-        model_dir, f'its index {state_file} is unreadable or names no '
-        f'checkpoint', None))
-  latest = state.model_checkpoint_path
-  problem = checkpoint_damage(latest)
-  if problem is None:
-    return latest
-  raise CheckpointError(_damage_message(
-      model_dir, f'its newest checkpoint {os.path.basename(latest)} is '
-      f'damaged: {problem}', checkpoint_step(latest)))
-
-
-def _damage_message(model_dir: str, problem: str,
-                    step: Optional[int]) -> str:
-  intact, kept = newest_intact_checkpoint(model_dir, below_step=step)
-  message = (f'{model_dir}: {problem}; not resuming from it nor training '
-             f'over it.')
-  if intact is None:
-    return (message + ' No older intact checkpoint is there: to start '
-            'afresh, use a new --model_dir.')
-  return (message + f' The newest intact checkpoint is '
-          f'{os.path.basename(intact)}; to resume from it run '
-          f'{resume_command(model_dir, intact, kept)} and then the same '
-          f'command again.')
-
-
-# ---------------------------------------------------------------------------
-# Our model <-> published object-graph paths.
 
 
 def _bn_paths(batch_norm_relu, path) -> Iterator[Tuple[tf.Variable, str]]:
@@ -478,7 +229,7 @@ def training_checkpoint(model: SimCLRModel, *, layout: str = 'published',
   return tf.train.Checkpoint(**items)
 
 
-def _layout(paths: Dict[str, str]) -> Optional[str]:
+def layout_of(paths: Dict[str, str]) -> Optional[str]:
   """'published' or 'legacy' for the structural paths of a checkpoint with a
   model at the key `model`, None without one."""
   if any(path.startswith('model/resnet_model/') for path in paths):
@@ -488,22 +239,16 @@ def _layout(paths: Dict[str, str]) -> Optional[str]:
   return None
 
 
-def _read_object_graph(path: str, prefix: str) -> Dict[str, str]:
+def read_object_graph(path: str, prefix: str) -> Dict[str, str]:
+  """object_graph_paths of the checkpoint at `prefix` (read for `path`);
+  raises CheckpointError when it has no object graph or is damaged."""
   try:
     return object_graph_paths(prefix)
   except KeyError as e:
     raise CheckpointError(f'{path}: not a TF2 object-based checkpoint (no '
                           f'object graph: {e})') from None
-  except _READ_ERRORS as e:
-    raise _unreadable(path, prefix, e) from None
-
-
-def _unreadable(path: str, prefix: str, error: Exception) -> CheckpointError:
-  """The error for a checkpoint that failed to read, naming the damaged
-  file when checkpoint_damage finds it."""
-  problem = checkpoint_damage(prefix) or f'{prefix}: {_first_line(error)}'
-  where = '' if path == prefix else f'{path}: '
-  return CheckpointError(f'{where}damaged checkpoint: {problem}')
+  except READ_ERRORS as e:
+    raise unreadable(path, prefix, e) from None
 
 
 def checkpoint_layout(prefix: str) -> str:
@@ -514,8 +259,8 @@ def checkpoint_layout(prefix: str) -> str:
   the layout it was started with. Raises CheckpointError if the checkpoint
   holds nothing at the key `model`."""
   _, resolved = resolve_checkpoint(prefix)
-  paths = _read_object_graph(prefix, resolved)
-  layout = _layout(paths)
+  paths = read_object_graph(prefix, resolved)
+  layout = layout_of(paths)
   if layout is None:
     raise CheckpointError(
         f'{prefix}: holds no model at the key "model"; variables seen: '
@@ -523,7 +268,7 @@ def checkpoint_layout(prefix: str) -> str:
   return layout
 
 
-def _published_model_root(paths: Dict[str, str]) -> Optional[str]:
+def published_model_root(paths: Dict[str, str]) -> Optional[str]:
   """The object-graph prefix of the published Model ('model/' for both the
   SavedModel module and run.py's checkpoint), or None if not published."""
   for path in paths:
@@ -614,286 +359,3 @@ def infer_published_config(paths: Dict[str, str],
       num_proj_layers=max(num_layers, 1),
       proj_out_dim=proj_out_dim,
       global_bn=False)
-
-
-def _assign_published(model: SimCLRModel, prefix: str, root: str,
-                      paths: Dict[str, str], source: str):
-  """Copies every variable of `model` from the published checkpoint; raises
-  CheckpointError listing what is missing, left over, or of the wrong shape."""
-  reader = tf.train.load_checkpoint(prefix)
-  shapes = reader.get_variable_to_shape_map()
-  missing, wrong_shape, used = [], [], set()
-  pairs = published_paths(model)
-  for variable, path in pairs:
-    key = paths.get(root + path)
-    if key is None:
-      missing.append(path)
-      continue
-    used.add(root + path)
-    if list(shapes[key]) != variable.shape.as_list():
-      wrong_shape.append(
-          f'{path}: file {shapes[key]}, model {variable.shape.as_list()}')
-  unused = sorted(p for p in paths if p.startswith(root) and p not in used)
-  if missing or wrong_shape or unused:
-    lines = [f'{source}: the published-format variables do not fit the '
-             f'inferred architecture {model.config}']
-    for title, items in (('missing', missing), ('wrong shape', wrong_shape),
-                         ('not used', unused)):
-      if items:
-        lines.append(f'  {title} ({len(items)}): ' + '; '.join(items[:8]) +
-                     (' ...' if len(items) > 8 else ''))
-    raise CheckpointError('\n'.join(lines))
-  try:
-    for variable, path in pairs:
-      variable.assign(reader.get_tensor(paths[root + path]))
-  except _READ_ERRORS as e:
-    raise _unreadable(source, prefix, e) from None
-
-
-def _our_files_dir(kind: str, prefix: str, path: str) -> Optional[str]:
-  """The directory holding our model_config.json (and head-labels record)
-  for the model at `path`: an export's assets, or the checkpoint's
-  model_dir; None for published-format files."""
-  candidates = []
-  if kind == 'saved_model':
-    candidates.append(os.path.join(path, 'assets'))
-  candidates.append(os.path.dirname(prefix))
-  for candidate in candidates:
-    if tf.io.gfile.exists(os.path.join(candidate, MODEL_CONFIG_FILE)):
-      return candidate
-  return None
-
-
-def _read_our_config(kind: str, prefix: str, path: str) -> Optional[str]:
-  directory = _our_files_dir(kind, prefix, path)
-  if directory is None:
-    return None
-  with tf.io.gfile.GFile(os.path.join(directory, MODEL_CONFIG_FILE)) as f:
-    return f.read()
-
-
-def head_labels_of(path: str) -> head_labels.HeadLabels:
-  """Which labels the supervised head of the model at `path` (any form
-  load_model reads) was fitted on: our record, or UNRECORDED (every label
-  of an unknown split) for published-format files and model_dirs written
-  before the record existed."""
-  kind, prefix = resolve_checkpoint(path)
-  directory = _our_files_dir(kind, prefix, path)
-  record = None
-  if directory is not None:
-    try:
-      record = head_labels.read(directory)
-    except ValueError as e:
-      raise CheckpointError(f'{path}: {e}') from None
-  return record or head_labels.UNRECORDED
-
-
-def restore_strict(checkpoint: tf.train.Checkpoint, prefix: str, source: str):
-  """Restores `checkpoint` and fails, naming them, if any of its variables got
-  no value (the published code's expect_partial() would train them from their
-  random initialisation without a word)."""
-  # read(), unlike restore(), leaves the save counter alone, which
-  # checkpoints written with write() do not have.
-  try:
-    status = checkpoint.read(prefix)
-  except _READ_ERRORS as e:
-    raise _unreadable(source, prefix, e) from None
-  try:
-    status.assert_existing_objects_matched()
-  except (AssertionError, ValueError) as e:
-    raise CheckpointError(
-        f'{source}: does not provide every variable of the model: '
-        f'{str(e)[:2000]}') from None
-  return status
-
-
-def load_model(path: str, **config_overrides) -> SimCLRModel:
-  """Builds a SimCLRModel and loads its weights from `path`.
-
-  `path` is a published-format SavedModel or checkpoint (architecture inferred
-  from the variables), or one of ours (architecture read from its
-  model_config.json; checkpoints in either layout of training_checkpoint).
-  `config_overrides` set what the files cannot tell (e.g. ft_proj_selector,
-  train_mode, fine_tune_after_block) or change the head only where the
-  variables still fit. Raises CheckpointError when the path is
-  none of these, a file is damaged, or the variables do not fit; nothing is
-  left randomly initialised. The model's `head_labels` attribute says which
-  labels its supervised head was fitted on (simclr.head_labels.HeadLabels;
-  UNRECORDED for files that do not record it).
-
-  Data only: this reads tensors (the variables' values and the checkpoint's
-  object graph, a protocol buffer of names) and JSON, and builds the model
-  from this package's own code. It never loads a SavedModel's graph
-  (saved_model.pb, the program that tf.saved_model.load and hub.KerasLayer
-  run), so a file from an untrusted source cannot run code through it. Keep
-  it that way: do not add tf.saved_model.load here.
-  """
-  kind, prefix = resolve_checkpoint(path)
-  paths = _read_object_graph(path, prefix)
-  root = _published_model_root(paths)
-  our_config = _read_our_config(kind, prefix, path)
-  if our_config is not None:
-    config = ModelConfig.from_json(our_config).replace(**config_overrides)
-    model = build_model(config)
-    # simclr.export_saved_model and training_checkpoint (layout 'published')
-    # keep the variables at the published paths; older model_dirs hold the
-    # tf_keras model (layout 'legacy').
-    if kind == 'checkpoint':
-      layout = _layout(paths)
-      if layout == 'legacy':
-        restore_strict(tf.train.Checkpoint(model=model), prefix, path)
-        model.head_labels = head_labels_of(path)
-        return model
-      if layout == 'published':
-        root = 'model/'
-    if root is None:
-      raise CheckpointError(
-          f'{path}: has our {MODEL_CONFIG_FILE} but no variables under the '
-          f'published model structure (model/resnet_model/...) nor our '
-          f'tf_keras model (model/resnet/...); variables seen: '
-          f'{sorted(paths)[:5]}')
-    _assign_published(model, prefix, root, paths, path)
-    model.head_labels = head_labels_of(path)
-    return model
-  if root is None:
-    raise CheckpointError(
-        f'{path}: found neither our {MODEL_CONFIG_FILE} nor the published '
-        f'model structure (resnet_model/block_groups/...); variables seen: '
-        f'{sorted(paths)[:5]}')
-  shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-  relative = {p[len(root):]: k for p, k in paths.items() if p.startswith(root)}
-  config = infer_published_config(relative, shapes)
-  config = config.replace(**config_overrides)
-  model = build_model(config)
-  _assign_published(model, prefix, root, paths, path)
-  model.head_labels = head_labels.UNRECORDED
-  return model
-
-
-def copy_layer(source, target, source_name: str, what: str):
-  """Copies the variables of Keras layer `source` into `target`, an equally
-  structured layer, matching them by object structure (not by name or list
-  order, which differ between models and between frozen and trainable
-  layers). Raises CheckpointError if any variable of `target` got no value."""
-  scratch = f'ram://simclr_copy_layer/{id(source)}_{id(target)}/ckpt'
-  written = tf.train.Checkpoint(layer=source).write(scratch)
-  try:
-    status = tf.train.Checkpoint(layer=target).read(written)
-    status.assert_existing_objects_matched()
-  except (AssertionError, ValueError) as e:
-    raise CheckpointError(
-        f'{source_name}: its {what} does not match the model\'s: '
-        f'{str(e)[:1500]}') from None
-  finally:
-    tf.io.gfile.rmtree(os.path.dirname(scratch))
-
-
-# ---------------------------------------------------------------------------
-# Initialising a model from another run's weights (--checkpoint,
-# --teacher_checkpoint).
-
-# Architecture fields a checkpoint must agree on with the flags.
-ENCODER_FIELDS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
-                  'cifar_stem')
-
-
-def recorded_config(path: str) -> Optional[ModelConfig]:
-  """The ModelConfig our model_dirs and exports record next to their
-  weights, or None for published-format files (which do not record it)."""
-  kind, prefix = resolve_checkpoint(path)
-  text = _read_our_config(kind, prefix, path)
-  return None if text is None else ModelConfig.from_json(text)
-
-
-def ft_proj_selector_of(path: str, flag_value: Optional[int],
-                        flag_name: str) -> int:
-  """The ft_proj_selector the model at `path` was fine-tuned with: the value
-  recorded in our files (a `flag_value` that contradicts it is an error
-  naming both), else `flag_value`, else 0 (published files do not record it;
-  the published fine-tuned models' classifiers that read the first head
-  layer need the flag)."""
-  recorded = recorded_config(path)
-  if recorded is not None:
-    if flag_value is not None and flag_value != recorded.ft_proj_selector:
-      raise CheckpointError(
-          f'{flag_name}={flag_value} contradicts ft_proj_selector='
-          f'{recorded.ft_proj_selector} recorded in {path} '
-          f'({MODEL_CONFIG_FILE}); drop the flag or fix it')
-    return recorded.ft_proj_selector
-  return 0 if flag_value is None else flag_value
-
-
-def init_from_checkpoint(model: SimCLRModel, path: str,
-                         with_supervised_head: bool = True,
-                         source_ft_proj_selector: Optional[int] = None,
-                         require_supervised_head: bool = False,
-                         labels: Optional[head_labels.HeadLabels] = None
-                         ) -> bool:
-  """Copies the encoder and projection head of the model at `path` (any form
-  load_model reads) into `model`, strictly; and the supervised head when
-  `with_supervised_head`, it exists there with the same shape and the same
-  ft_proj_selector (see ft_proj_selector_of; source_ft_proj_selector is what
-  --checkpoint_ft_proj_selector says), zero_init_logits_layer is off, and
-  it was fitted on labels the new run may see: `labels` are the new run's
-  (None: no restriction, e.g. evaluation), compared with the record at
-  `path` by simclr.head_labels.why_not_reusable.
-  Returns whether the supervised head was copied; with
-  require_supervised_head, not copying it is an error (evaluating a head
-  that was never trained would report chance as a result). Raises
-  CheckpointError naming what does not fit."""
-  selector = ft_proj_selector_of(path, source_ft_proj_selector,
-                                 '--checkpoint_ft_proj_selector')
-  source = load_model(path, ft_proj_selector=0)
-  mismatch = [(f, getattr(model.config, f), getattr(source.config, f))
-              for f in ENCODER_FIELDS
-              if getattr(model.config, f) != getattr(source.config, f)]
-  if mismatch:
-    raise CheckpointError(
-        f'{path}: architecture differs from the flags: ' + ', '.join(
-            f'--{f}: checkpoint {s!r} vs flags {m!r}' for f, m, s in mismatch))
-  copy_layer(source.resnet, model.resnet, path, 'encoder')
-  if model.projection_head is not None:
-    have = (0 if source.projection_head is None else
-            len(source.projection_head.head_layers))
-    if have != len(model.projection_head.head_layers):
-      raise CheckpointError(
-          f'{path}: has a projection head of {have} layers, the flags ask for '
-          f'{len(model.projection_head.head_layers)} (--proj_head_mode, '
-          f'--num_proj_layers)')
-    copy_layer(source.projection_head, model.projection_head, path,
-               'projection head')
-  head, source_head = model.supervised_head, source.supervised_head
-  reasons = []
-  if not with_supervised_head:
-    reasons.append('the task trains it afresh')
-  if head is None or source_head is None:
-    reasons.append('no supervised head in ' +
-                   ('the model' if head is None else path))
-  elif source_head.dense.kernel.shape != head.dense.kernel.shape:
-    reasons.append(f'shape {source_head.dense.kernel.shape.as_list()} there, '
-                   f'{head.dense.kernel.shape.as_list()} here')
-  if model.config.zero_init_logits_layer:
-    reasons.append('--zero_init_logits_layer')
-  if selector != model.config.ft_proj_selector:
-    reasons.append(f'it reads projection-head output {selector} there, '
-                   f'{model.config.ft_proj_selector} here (--ft_proj_selector)')
-  leak = None
-  if labels is not None and head is not None and source_head is not None:
-    leak = head_labels.why_not_reusable(source.head_labels, labels)
-    if leak:
-      reasons.append(leak)
-  if not reasons:
-    copy_layer(source_head, head, path, 'supervised head')
-    logging.info('Supervised head restored from %s', path)
-    return True
-  if require_supervised_head:
-    raise CheckpointError(f'{path}: its supervised head cannot be used: '
-                          f'{"; ".join(reasons)}')
-  if head is not None:
-    # A head withheld because of its labels is worth a warning: the user
-    # may have expected it to be reused.
-    log = logging.warning if leak else logging.info
-    log('Supervised head of %s not used, it starts from %s: %s', path,
-        'zeros' if model.config.zero_init_logits_layer else
-        'random normal, stddev 0.01', '; '.join(reasons))
-  return False

@@ -4,7 +4,7 @@ kernels (SK) with the ResNet-D stem and shortcuts, squeeze-excitation (SE).
 Layer for layer the published `tf2/resnet.py` (post-activation ResNet v1 with
 fixed padding for strided convolutions and a projection shortcut on the first
 block of every group), so that its checkpoints map onto these variables; see
-`simclr/checkpoints.py` for that mapping. Channels-last only.
+`simclr/checkpoints/published.py` for that mapping. Channels-last only.
 """
 
 from typing import Dict
