@@ -20,8 +20,8 @@ import re
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import tensorflow as tf
-from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from simclr import compat
 from simclr.checkpoints.damage import unreadable
 from simclr.checkpoints.resolve import CheckpointError
 from simclr.checkpoints.resolve import READ_ERRORS
@@ -30,14 +30,6 @@ from simclr.configs import ModelConfig
 from simclr.models import resnet as resnet_lib
 from simclr.models.simclr_model import SimCLRModel
 
-# Children of a checkpointed object that are aliases of other children (lists
-# of all variables, Keras bookkeeping), not structure.
-_ALIAS_CHILDREN = frozenset([
-    'variables', 'trainable_variables', 'non_trainable_variables',
-    'trainable_weights', 'non_trainable_weights', 'weights', 'keras_api',
-    'trainable_variables_list', 'layer_metrics', 'signatures',
-    '_self_unconditional_dependency_names'
-])
 _BN_VARIABLES = ('gamma', 'beta', 'moving_mean', 'moving_variance')
 # How the model sits in a training checkpoint (see training_checkpoint).
 CHECKPOINT_LAYOUTS = ('published', 'legacy')
@@ -46,23 +38,7 @@ CHECKPOINT_LAYOUTS = ('published', 'legacy')
 def object_graph_paths(prefix: str) -> Dict[str, str]:
   """Maps every structural path of a variable in the checkpoint at `prefix`
   (e.g. 'model/resnet_model/.../kernel') to its checkpoint key."""
-  reader = tf.train.load_checkpoint(prefix)
-  graph = trackable_object_graph_pb2.TrackableObjectGraph()
-  graph.ParseFromString(reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
-  paths = {}
-
-  def walk(node_id, path, on_path):
-    node = graph.nodes[node_id]
-    for attribute in node.attributes:
-      if attribute.name == 'VARIABLE_VALUE':
-        paths['/'.join(path)] = attribute.checkpoint_key
-    for child in node.children:
-      if child.local_name in _ALIAS_CHILDREN or child.node_id in on_path:
-        continue
-      walk(child.node_id, path + [child.local_name], on_path | {child.node_id})
-
-  walk(0, [], frozenset([0]))
-  return paths
+  return compat.object_graph_variable_paths(tf.train.load_checkpoint(prefix))
 
 
 def _bn_paths(batch_norm_relu, path) -> Iterator[Tuple[tf.Variable, str]]:

@@ -14,7 +14,6 @@ stably across runs, for label-subset files (one id per line):
 """
 
 import os
-import re
 from typing import Dict, List, Optional, Sequence, Tuple
 import types
 
@@ -23,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from simclr import compat
 from simclr.data import digits as digits_lib
 from simclr.data import fashion_mnist as fashion_mnist_lib
 
@@ -147,12 +147,11 @@ class TfdsSource(Source):
     else:
       try:
         self.builder = tfds.builder(name, data_dir=data_dir)
-      except tfds.core.registered.DatasetNotFoundError as e:
-        hint = re.search(r'Did you mean: \S+ -> (\S+)', str(e))
+      except tfds.core.DatasetNotFoundError as e:
+        hint = compat.tfds_suggested_name(e)
         raise ValueError(
             f'dataset {name!r}: not a TFDS dataset, \'digits\' or '
-            f'\'folder:/path\'' +
-            (f' (did you mean {hint.group(1).rstrip("?")}?)' if hint else '')
+            f'\'folder:/path\'' + (f' (did you mean {hint}?)' if hint else '')
         ) from None
     info = self.builder.info
     if not info.splits:

@@ -35,7 +35,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.image_classification import mnist as tfds_mnist
+
+from simclr import compat
 
 NAME = 'fashion_mnist'
 DEBIAN_PACKAGE = 'dataset-fashion-mnist'
@@ -116,7 +117,8 @@ def missing_files(directory: str):
           if not os.path.isfile(os.path.join(directory, name))]
 
 
-class FromFiles(tfds_mnist.FashionMNIST, skip_registration=True):
+class FromFiles(tfds.image_classification.FashionMNIST,
+                skip_registration=True):
   """TFDS's FashionMNIST, reading its four files from `directory` instead
   of downloading them. Not registered: `fashion_mnist` stays TFDS's own
   builder, which reads what this one writes."""
@@ -135,9 +137,8 @@ class FromFiles(tfds_mnist.FashionMNIST, skip_registration=True):
       # TFDS's generator reads decompressed files; its extractor writes them
       # under the download directory.
       extracted = dl_manager.extract({'images': images, 'labels': labels})
-      splits[split] = self._generate_examples(
-          num_examples=count, data_path=extracted['images'],
-          label_path=extracted['labels'])
+      splits[split] = compat.fashion_mnist_examples(
+          self, count, extracted['images'], extracted['labels'])
     return splits
 
 
