@@ -46,8 +46,12 @@ def make_two_replica_strategy():
   """MirroredStrategy over two logical CPU devices.
 
   Every MirroredStrategy of a process starts from the same collective keys;
-  a later one reusing a key for another kind of collective aborts, so each
-  gets its own key range (as TF's own strategy_combinations do)."""
+  a later one reusing a key for another kind of collective aborts ("Collective
+  instance 100 expected type 0 ... but got type 2", TF 2.20: an all_reduce in
+  one strategy, an all_gather in the next), so each gets its own key range,
+  as TF's own strategy_combinations do. No public API sets the range, and
+  cross_device_ops=ReductionToOneDevice() would avoid collectives only by
+  testing another reduction than the one the runs use."""
   tf.distribute.MirroredStrategy._collective_key_base += 100000  # pylint: disable=protected-access
   return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
 

@@ -86,7 +86,7 @@ def passes(strategy, weights, images):
 
 
 def batch_norm_layers(model):
-  return [layer.bn for layer in model._flatten_layers()  # pylint: disable=protected-access
+  return [layer.bn for layer in model.submodules
           if isinstance(layer, BatchNormRelu)]
 
 

@@ -100,7 +100,7 @@ def structural_lars_exclusions(model):
   ratio, found from the layers rather than from names: batch-norm variables,
   biases, and the supervised head."""
   excluded = set()
-  for layer in model._flatten_layers():  # pylint: disable=protected-access
+  for layer in model.submodules:
     if isinstance(layer, tf_keras.layers.BatchNormalization):
       excluded.update(id(w) for w in layer.weights)
     if getattr(layer, 'bias', None) is not None:
@@ -216,7 +216,7 @@ def test_weight_decay_loss_with_lars_is_l2_of_the_supervised_kernel():
 def test_weight_decay_loss_otherwise_covers_every_non_bn_variable(optimizer):
   model = simclr.build_model(MODEL_CONFIG)
   batch_norm = set()
-  for layer in model._flatten_layers():  # pylint: disable=protected-access
+  for layer in model.submodules:
     if isinstance(layer, tf_keras.layers.BatchNormalization):
       batch_norm.update(id(w) for w in layer.weights)
   expected = 1e-3 * 0.5 * sum(
