@@ -17,12 +17,21 @@ import sys
 from absl import app
 from absl import flags
 
+if __name__ == '__main__':  # python tf2/run.py in a checkout
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                  '..'))
+
+# The choices of every enum flag are the configs' own (simclr.configs does not
+# import TensorFlow).
+from simclr import configs  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
 FLAGS = flags.FLAGS
 
 # --- published flags (name, default, meaning) --------------------------------
 flags.DEFINE_float('learning_rate', 0.3,
                    'Initial learning rate per batch size of 256.')
-flags.DEFINE_enum('learning_rate_scaling', 'linear', ['linear', 'sqrt'],
+flags.DEFINE_enum('learning_rate_scaling', 'linear',
+                  configs.LEARNING_RATE_SCALINGS,
                   'How to scale the learning rate as a function of batch '
                   'size.')
 flags.DEFINE_float('warmup_epochs', 10, 'Number of epochs of warmup.')
@@ -49,10 +58,9 @@ flags.DEFINE_string('dataset', 'imagenet2012',
                     'real data) or "folder:/path/to/images".')
 flags.DEFINE_bool('cache_dataset', False,
                   'Whether to cache the entire dataset in memory.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'train_then_eval'],
+flags.DEFINE_enum('mode', 'train', configs.RUN_MODES,
                   'Whether to perform training or evaluation.')
-flags.DEFINE_enum('train_mode', 'pretrain',
-                  ['pretrain', 'finetune', 'distill', 'linear_eval'],
+flags.DEFINE_enum('train_mode', 'pretrain', configs.TRAIN_MODES,
                   'The train mode controls different objectives and '
                   'trainable components (distill and linear_eval are '
                   'additions).')
@@ -82,7 +90,7 @@ flags.DEFINE_bool('use_tpu', True,
 flags.DEFINE_string('tpu_name', None, 'The Cloud TPU to use for training.')
 flags.DEFINE_string('tpu_zone', None, 'GCE zone where the Cloud TPU is.')
 flags.DEFINE_string('gcp_project', None, 'Project of the Cloud TPU.')
-flags.DEFINE_enum('optimizer', 'lars', ['momentum', 'adam', 'lars'],
+flags.DEFINE_enum('optimizer', 'lars', configs.OPTIMIZERS,
                   'Optimizer to use.')
 flags.DEFINE_float('momentum', 0.9, 'Momentum parameter.')
 flags.DEFINE_string('eval_name', None, 'Name for eval.')
@@ -95,8 +103,7 @@ flags.DEFINE_float('temperature', 0.1,
 flags.DEFINE_boolean('hidden_norm', True,
                      'L2-normalise the projections before the contrastive '
                      'loss.')
-flags.DEFINE_enum('proj_head_mode', 'nonlinear',
-                  ['none', 'linear', 'nonlinear'],
+flags.DEFINE_enum('proj_head_mode', 'nonlinear', configs.PROJ_HEAD_MODES,
                   'How the head projection is done.')
 flags.DEFINE_integer('proj_out_dim', 128,
                      'Number of head projection dimension.')
@@ -137,7 +144,7 @@ flags.DEFINE_integer('memory_size', 0,
 flags.DEFINE_float('memory_momentum', 0.999,
                    'EMA decay of the momentum encoder that produces the '
                    'memory keys.')
-flags.DEFINE_enum('memory_mode', 'negatives', ['negatives', 'moco'],
+flags.DEFINE_enum('memory_mode', 'negatives', configs.MEMORY_MODES,
                   'How the memory keys enter the loss: "negatives" adds '
                   'them as extra negatives to SimCLR\'s loss on the online '
                   'network (SimCLRv2\'s text); "moco" also takes the '
@@ -163,7 +170,7 @@ flags.DEFINE_float('distill_temperature', 1.0,
 flags.DEFINE_float('distill_alpha', 1.0,
                    'distill: weight of the distillation loss; below 1 the '
                    'rest is labeled cross-entropy (SimCLRv2 Eq. 3).')
-flags.DEFINE_enum('distill_on', 'all', ['all', 'labeled'],
+flags.DEFINE_enum('distill_on', 'all', configs.DISTILL_ON,
                   'distill: the images the student learns the teacher\'s '
                   'predictions on: "all" training images (SimCLRv2), or '
                   'only the "labeled" ones of the label subset (Table 2\'s '
@@ -187,18 +194,18 @@ flags.DEFINE_integer('label_subset_seed', 0,
 flags.DEFINE_string('label_subset_file', None,
                     'A file of example ids (one per line) to fine-tune on '
                     'instead of a drawn fraction.')
-flags.DEFINE_enum('linear_eval_protocol', 'cached', ['cached', 'augmented'],
+flags.DEFINE_enum('linear_eval_protocol', 'cached',
+                  configs.LINEAR_EVAL_PROTOCOLS,
                   'linear_eval: "cached" fits a logistic regression '
                   '(scikit-learn, L2 by cross-validation) to features of '
                   'centre crops computed once; "augmented" '
                   'runs crops/flips through the frozen encoder every step '
                   'as published.')
-flags.DEFINE_enum('precision', 'float32', ['float32', 'bfloat16', 'float16'],
+flags.DEFINE_enum('precision', 'float32', configs.PRECISIONS,
                   'Compute precision (Keras mixed-precision policy; losses, '
                   'BN statistics and logits stay float32).')
 flags.DEFINE_bool('jit_compile', False, 'XLA-compile the train step.')
-flags.DEFINE_enum('strategy', 'auto',
-                  ['auto', 'tpu', 'mirrored', 'multi_worker', 'cpu'],
+flags.DEFINE_enum('strategy', 'auto', configs.STRATEGIES,
                   'tf.distribute strategy (auto: TPU, TF_CONFIG cluster, '
                   'GPUs, CPU, in that order).')
 flags.DEFINE_integer('num_logical_cpus', 0,
@@ -318,6 +325,4 @@ def run_main():
 
 
 if __name__ == '__main__':
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                  '..'))
   run_main()
