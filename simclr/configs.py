@@ -11,12 +11,23 @@ RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 # as in the published code.
 CIFAR_IMAGE_SIZE = 32
 PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
-# The train modes (--train_mode), each a task in simclr/tasks/; the input
-# pipelines are named after the train mode that reads them, plus 'eval'.
+# The train modes (--train_mode), each a task in simclr/tasks/.
 TRAIN_MODES = ('pretrain', 'finetune', 'distill', 'linear_eval')
-PIPELINES = TRAIN_MODES + ('eval',)
-# Pipelines that read only the label subset (when one is configured).
-SUBSET_PIPELINES = ('finetune', 'linear_eval')
+# What an input pipeline yields (simclr.data.Inputs), named for its content;
+# each task names the kind it trains on (Task.input_kind):
+#   'views'      two augmented views of every image of the split;
+#   'labeled'    one cropped and flipped view of each labeled image (the
+#                label subset when one is configured, else the split);
+#   'all_images' one cropped and flipped view of every image, labels kept
+#                only for the label subset's images (-1 elsewhere);
+#   'eval'       every image of the eval split once, resized, with weights.
+INPUT_KINDS = ('views', 'labeled', 'all_images', 'eval')
+# Kinds that read the label subset (and draw it when none is on file).
+SUBSET_INPUT_KINDS = ('labeled', 'all_images')
+# The names earlier versions gave the kinds (the train mode that read each):
+# Inputs still accepts them.
+INPUT_KIND_ALIASES = {'pretrain': 'views', 'finetune': 'labeled',
+                      'linear_eval': 'labeled', 'distill': 'all_images'}
 BATCH_AUGMENTATION = ('none', 'blur', 'all')
 
 

@@ -46,7 +46,7 @@ def test_pretrain_rows_i_and_b_plus_i_are_two_views_of_one_image(
   inputs = data.Inputs(data.DataConfig(
       dataset='folder:' + colour_folder, image_size=16, train_batch_size=8,
       color_jitter_strength=0.0, seed=1))
-  images, labels = next(iter(inputs.dataset('pretrain')))
+  images, labels = next(iter(inputs.dataset('views')))
   colours = images.numpy().mean(axis=(1, 2))
   assert images.shape == (16, 16, 16, 3)
   np.testing.assert_allclose(colours[:8], colours[8:], atol=1e-5)
@@ -57,7 +57,7 @@ def test_pretrain_rows_i_and_b_plus_i_are_two_views_of_one_image(
 
 def test_pretrain_pairs_are_differently_augmented(digits_dir):
   inputs = data.Inputs(digits_config(digits_dir))
-  images, _ = next(iter(inputs.dataset('pretrain')))
+  images, _ = next(iter(inputs.dataset('views')))
   first, second = images[:16].numpy(), images[16:].numpy()
   assert np.all(np.abs(first - second).mean(axis=(1, 2, 3)) > 0)
 
@@ -68,7 +68,7 @@ def test_pipeline_views_are_grey_one_time_in_five(colour_folder,
   inputs = data.Inputs(data.DataConfig(
       dataset='folder:' + colour_folder, image_size=40, use_blur=True,
       train_batch_size=64, seed=2, batch_augmentation=batch_augmentation))
-  batches = list(inputs.dataset('pretrain').take(10))
+  batches = list(inputs.dataset('views').take(10))
   images = np.concatenate([b[0].numpy() for b in batches])
   assert images.dtype == np.float32
   assert images.min() >= 0.0 and images.max() <= 1.0
@@ -81,14 +81,14 @@ def test_pipeline_views_are_grey_one_time_in_five(colour_folder,
 
 def test_same_seed_same_batches_other_seed_other_batches(digits_dir):
   first = lambda seed: next(iter(data.Inputs(digits_config(
-      digits_dir, seed=seed)).dataset('pretrain')))[0].numpy()
+      digits_dir, seed=seed)).dataset('views')))[0].numpy()
   np.testing.assert_array_equal(first(5), first(5))
   assert np.abs(first(5) - first(6)).mean() > 0.01
 
 
-def test_finetune_and_distill_give_single_crop_and_flip_views(digits_dir):
+def test_labeled_and_all_images_give_single_crop_and_flip_views(digits_dir):
   inputs = data.Inputs(digits_config(digits_dir))
-  for mode in ('finetune', 'linear_eval', 'distill'):
+  for mode in ('labeled', 'all_images'):
     images, labels = next(iter(inputs.dataset(mode)))
     assert images.shape == (16, 32, 32, 3) and labels.shape == (16,)
     # Digits are grey and crop + flip keeps them grey (no colour jitter).
@@ -110,8 +110,8 @@ def train_digit_images():
 
 
 @pytest.mark.parametrize('mode,batch_augmentation', [
-    ('pretrain', 'none'), ('pretrain', 'blur'), ('pretrain', 'all'),
-    ('finetune', 'blur'), ('linear_eval', 'blur'), ('distill', 'blur')])
+    ('views', 'none'), ('views', 'blur'), ('views', 'all'),
+    ('labeled', 'blur'), ('all_images', 'blur')])
 def test_views_are_the_source_images_when_augmentation_knobs_are_off(
     digits_dir, mode, batch_augmentation):
   # Whole square crops of the square 32x32 digits, no flip, colour or blur:
@@ -133,7 +133,7 @@ def test_grayscale_probability_one_greys_every_pretraining_view(
       dataset='folder:' + colour_folder, image_size=16, train_batch_size=24,
       seed=3, grayscale_probability=1.0,
       batch_augmentation=batch_augmentation))
-  images = next(iter(inputs.dataset('pretrain')))[0].numpy()
+  images = next(iter(inputs.dataset('views')))[0].numpy()
   np.testing.assert_array_equal(images[..., 0], images[..., 1])
   np.testing.assert_array_equal(images[..., 1], images[..., 2])
 
@@ -148,16 +148,29 @@ def test_pretraining_blurs_32_pixel_views_when_use_blur(digits_dir,
     inputs = data.Inputs(digits_config(
         digits_dir, use_blur=use_blur, batch_augmentation=batch_augmentation))
     views[use_blur] = np.concatenate(
-        [b[0].numpy() for b in inputs.dataset('pretrain').take(4)])
+        [b[0].numpy() for b in inputs.dataset('views').take(4)])
   blurred = np.any(views[True] != views[False], axis=(1, 2, 3))
   n = len(blurred)
   assert n == 128
   assert abs(blurred.mean() - 0.5) < NUM_SE * np.sqrt(0.25 / n)
 
 
-def test_unknown_mode_is_rejected(digits_dir):
-  with pytest.raises(ValueError, match='mode'):
+def test_unknown_input_kind_is_rejected_naming_the_kinds(digits_dir):
+  with pytest.raises(ValueError, match="'train'.*'views', 'labeled'"):
     data.Inputs(digits_config(digits_dir)).dataset('train')
+
+
+def test_the_train_mode_names_of_earlier_versions_read_the_same_batches(
+    digits_dir):
+  """Inputs.dataset('pretrain') etc. (the names before input kinds) give
+  the kind's own batches, bit for bit (seeded)."""
+  for alias, kind in (('pretrain', 'views'), ('finetune', 'labeled'),
+                      ('linear_eval', 'labeled'), ('distill', 'all_images')):
+    config = digits_config(digits_dir, seed=3, train_label_fraction=0.1)
+    by_alias = next(iter(data.Inputs(config).dataset(alias)))
+    by_kind = next(iter(data.Inputs(config).dataset(kind)))
+    for a, b in zip(by_alias, by_kind):
+      np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_eval_centre_crops_only_images_larger_than_cifar():
@@ -253,7 +266,7 @@ def test_train_global_batch_is_split_over_replicas(digits_dir,
 
 def test_cached_pipeline_gives_the_same_batches(digits_dir):
   first = lambda cache: next(iter(data.Inputs(digits_config(
-      digits_dir, cache_dataset=cache)).dataset('finetune')))[0].numpy()
+      digits_dir, cache_dataset=cache)).dataset('labeled')))[0].numpy()
   np.testing.assert_array_equal(first(True), first(False))
 
 

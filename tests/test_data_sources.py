@@ -111,10 +111,10 @@ def test_tfds_pipelines_give_documented_layouts(tmp_path):
     inputs = data.Inputs(data.DataConfig(
         dataset='cifar10', data_dir=data_dir, eval_split='test',
         image_size=32, train_batch_size=8, eval_batch_size=10, seed=0))
-    images, labels = next(iter(inputs.dataset('pretrain')))
+    images, labels = next(iter(inputs.dataset('views')))
     assert images.shape == (16, 32, 32, 3) and labels.shape == (16,)
     np.testing.assert_array_equal(labels[:8], labels[8:])
-    images, labels = next(iter(inputs.dataset('finetune')))
+    images, labels = next(iter(inputs.dataset('labeled')))
     assert images.shape == (8, 32, 32, 3) and labels.dtype == tf.int32
     batches = list(inputs.dataset('eval'))
   # 37 examples in batches of 10: 4 batches, the last with 7 real rows.
@@ -226,7 +226,7 @@ def test_flat_folder_feeds_pretraining(tmp_path):
   inputs = data.Inputs(data.DataConfig(
       dataset='folder:' + str(tmp_path / 'flat'), image_size=16,
       train_batch_size=4, seed=0))
-  images, labels = next(iter(inputs.dataset('pretrain')))
+  images, labels = next(iter(inputs.dataset('views')))
   assert images.shape == (8, 16, 16, 3)
   np.testing.assert_array_equal(labels, [-1] * 8)
 

@@ -106,7 +106,7 @@ def test_label_fraction_writes_a_balanced_id_list_to_model_dir(
       dataset='digits', data_dir=digits_dir, image_size=32,
       train_label_fraction=0.1, label_subset_seed=0,
       model_dir=str(tmp_path)))
-  assert inputs.num_train_examples('finetune') == round(0.1 * 1438)
+  assert inputs.num_train_examples('labeled') == round(0.1 * 1438)
   path = tmp_path / 'label_subset_0.1_seed0.txt'
   assert inputs.label_subset_path == str(path)
   ids = path.read_text().split()
@@ -114,8 +114,8 @@ def test_label_fraction_writes_a_balanced_id_list_to_model_dir(
   counts = np.bincount([digit_label(i) for i in ids], minlength=10)
   assert counts.sum() == 144 and set(counts) <= {14, 15}
   # Pretraining and distillation still read the whole split.
-  assert inputs.num_train_examples('pretrain') == 1438
-  assert inputs.num_train_examples('distill') == 1438
+  assert inputs.num_train_examples('views') == 1438
+  assert inputs.num_train_examples('all_images') == 1438
 
 
 def test_label_subset_file_is_reused(digits_dir, tmp_path):
@@ -129,7 +129,7 @@ def test_label_subset_file_is_reused(digits_dir, tmp_path):
       train_label_fraction=1.0, model_dir=str(tmp_path / 'second'),
       label_subset_file=first.label_subset_path))
   np.testing.assert_array_equal(reused.label_subset(), drawn)
-  assert reused.num_train_examples('finetune') == len(drawn)
+  assert reused.num_train_examples('labeled') == len(drawn)
   assert not os.path.exists(tmp_path / 'second')
 
 
@@ -144,7 +144,7 @@ def test_finetuning_reads_only_the_subset(digits_dir, tmp_path):
       dataset='digits', data_dir=digits_dir, image_size=32,
       train_batch_size=16, label_subset_file=path, seed=0))
   seen = np.concatenate([labels.numpy() for _, labels in
-                         inputs.dataset('finetune').take(6)])
+                         inputs.dataset('labeled').take(6)])
   assert set(seen) == {5, 7}
 
 
@@ -187,7 +187,7 @@ def distill_epoch(inputs):
   steps = NUM_TRAIN_DIGITS // batch_size
   assert steps * batch_size == NUM_TRAIN_DIGITS
   images, labels = [], []
-  for image_batch, label_batch in inputs.dataset('distill').take(steps):
+  for image_batch, label_batch in inputs.dataset('all_images').take(steps):
     images.append(np.round(image_batch.numpy() * 255).astype(np.uint8))
     labels.append(label_batch.numpy())
   return np.concatenate(images), np.concatenate(labels)
@@ -232,7 +232,7 @@ def test_distillation_keeps_only_the_drawn_subset_labels(digits_dir,
   assert sorted(i.tobytes() for i in images[~labeled]) == [
       image for image, _ in examples_of(rest)]
   # The whole split is one distillation epoch.
-  assert inputs.num_train_examples('distill') == NUM_TRAIN_DIGITS
+  assert inputs.num_train_examples('all_images') == NUM_TRAIN_DIGITS
 
 
 def test_distillation_keeps_only_the_labels_of_a_subset_file(digits_dir,

@@ -228,13 +228,13 @@ def input_throughput(seconds=8.0):
     inputs = data.Inputs(data.DataConfig(
         dataset='digits', data_dir=os.path.join(tmp, 'tfds'), image_size=32,
         train_batch_size=128, eval_split='test', use_blur=True))
-    out['r18_32'] = bench_utils.rate(inputs.dataset('pretrain'), 128, seconds)
+    out['r18_32'] = bench_utils.rate(inputs.dataset('views'), 128, seconds)
     folder = os.path.join(tmp, 'photos')
     bench_utils.photo_folder(folder)
     inputs = data.Inputs(data.DataConfig(
         dataset='folder:' + folder, image_size=224, train_batch_size=16,
         eval_split='train', use_blur=True))
-    out['r50_224'] = bench_utils.rate(inputs.dataset('pretrain'), 16, seconds)
+    out['r50_224'] = bench_utils.rate(inputs.dataset('views'), 16, seconds)
   return out
 
 

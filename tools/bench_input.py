@@ -138,7 +138,7 @@ def main(argv):
     for mode in data.config.BATCH_AUGMENTATION:
       pipeline = data.Inputs(config.replace(batch_augmentation=mode),
                              source=inputs.source)
-      pairs = rate(pipeline.dataset('pretrain'), batch_size, FLAGS.seconds)
+      pairs = rate(pipeline.dataset('views'), batch_size, FLAGS.seconds)
       print(f'  batch_augmentation={mode!r:7} {pairs:8.1f}')
     print('stages, per image in Dataset.map (pairs/s; decode: images/s):')
     for name, pipeline in stage_pipelines(inputs, batch_size):

@@ -2,25 +2,27 @@
 evaluation, distributed over replicas.
 
     inputs = Inputs(DataConfig(dataset='digits', image_size=32, ...))
-    dataset = inputs.distributed_dataset(strategy, 'pretrain')
-    # or strategy.distribute_datasets_from_function(inputs.input_fn('pretrain'))
+    dataset = inputs.distributed_dataset(strategy, 'views')
+    # or strategy.distribute_datasets_from_function(inputs.input_fn('views'))
 
 Each input pipeline (one per host, tf.distribute.InputContext) reads its own
 shard of the split and yields per-replica batches of b = global batch /
-num_replicas_in_sync examples:
+num_replicas_in_sync examples. The kinds (simclr.configs.INPUT_KINDS; a
+task names the one it trains on; the train-mode names of earlier versions,
+INPUT_KIND_ALIASES, are accepted too):
 
-- 'pretrain' (endless): (images float32 [2b, S, S, 3], labels int32 [2b]).
+- 'views' (endless): (images float32 [2b, S, S, 3], labels int32 [2b]).
   Rows 0..b-1 are the first views of b images, rows b..2b-1 their second
   views in the same order (row i and row b + i are a positive pair), the
   layout nt_xent expects; labels are repeated the same way (for linear
   evaluation while pretraining). The published code instead concatenates
   the views along channels, [b, S, S, 6].
-- 'finetune', 'linear_eval' (endless, label subset if any), 'distill'
-  (endless, whole split): (images [b, S, S, 3], labels [b]); crop and flip.
-  When a label subset is configured (DataConfig.train_label_fraction < 1 or
-  label_subset_file), 'distill' keeps the labels of the subset's examples
-  only (the same ids fine-tuning reads) and gives every other example
-  label -1, so that no label outside the subset reaches distillation.
+- 'labeled' (endless, label subset if any), 'all_images' (endless, whole
+  split): (images [b, S, S, 3], labels [b]); crop and flip. When a label
+  subset is configured (DataConfig.train_label_fraction < 1 or
+  label_subset_file), 'all_images' keeps the labels of the subset's examples
+  only (the same ids 'labeled' reads) and gives every other example label
+  -1, so that no label outside the subset reaches distillation.
 - 'eval' (finite): (images [b, S, S, 3], labels [b], weights float32 [b]).
   The split is read exactly once; the last batches are padded with blank
   examples of weight 0 (label 0) so that every replica gets the same number
@@ -41,8 +43,18 @@ from simclr.data import augment
 from simclr.data import datasets
 from simclr.data import subsets
 from simclr.data.config import DataConfig
-from simclr.data.config import MODES
-from simclr.data.config import SUBSET_MODES
+from simclr.data.config import INPUT_KIND_ALIASES
+from simclr.data.config import INPUT_KINDS
+from simclr.data.config import SUBSET_INPUT_KINDS
+
+
+def input_kind(name: str) -> str:
+  """The input kind `name` is (a kind, or a train-mode alias of earlier
+  versions); ValueError naming the kinds otherwise."""
+  kind = INPUT_KIND_ALIASES.get(name, name)
+  if kind not in INPUT_KINDS:
+    raise ValueError(f'input kind {name!r}: expected one of {INPUT_KINDS}')
+  return kind
 
 
 def _stream_seed(seed: Optional[int], pipeline_id: int, purpose: int):
@@ -100,11 +112,11 @@ class Inputs:
   def num_eval_examples(self) -> int:
     return self.source.num_examples(self.config.eval_split)
 
-  def num_train_examples(self, mode: str = 'pretrain') -> int:
-    """Examples of the train split a mode reads per epoch (the label subset
-    for 'finetune' and 'linear_eval' when there is one; the whole split for
-    'distill', whose examples outside the subset come unlabeled)."""
-    ids = self.label_subset() if mode in SUBSET_MODES else None
+  def num_train_examples(self, kind: str = 'views') -> int:
+    """Examples of the train split an input kind reads per epoch (the label
+    subset for 'labeled' when there is one; the whole split for
+    'all_images', whose examples outside the subset come unlabeled)."""
+    ids = self.label_subset() if input_kind(kind) == 'labeled' else None
     if ids is not None:
       return len(ids)
     return self.source.num_examples(self.config.train_split)
@@ -180,45 +192,44 @@ class Inputs:
 
   # ------------------------------------------------------------ pipelines --
 
-  def input_fn(self, mode: str) -> Callable[[tf.distribute.InputContext],
+  def input_fn(self, kind: str) -> Callable[[tf.distribute.InputContext],
                                              tf.data.Dataset]:
     """For strategy.distribute_datasets_from_function."""
-    if mode not in MODES:
-      raise ValueError(f'mode {mode!r}: expected one of {MODES}')
-    if mode in SUBSET_MODES or mode == 'distill':
+    kind = input_kind(kind)
+    if kind in SUBSET_INPUT_KINDS:
       self.label_subset()  # Drawn once, here, not in every pipeline.
-    return lambda input_context: self.dataset(mode, input_context)
+    return lambda input_context: self.dataset(kind, input_context)
 
-  def distributed_dataset(self, strategy: tf.distribute.Strategy, mode: str):
-    return strategy.distribute_datasets_from_function(self.input_fn(mode))
+  def distributed_dataset(self, strategy: tf.distribute.Strategy, kind: str):
+    return strategy.distribute_datasets_from_function(self.input_fn(kind))
 
-  def dataset(self, mode: str,
+  def dataset(self, kind: str,
               input_context: Optional[tf.distribute.InputContext] = None
               ) -> tf.data.Dataset:
-    """One input pipeline's per-replica batches (see the module doc)."""
-    if mode not in MODES:
-      raise ValueError(f'mode {mode!r}: expected one of {MODES}')
+    """One input pipeline's per-replica batches of an input kind (see the
+    module doc)."""
+    kind = input_kind(kind)
     context = input_context or tf.distribute.InputContext()
-    if mode == 'eval':
+    if kind == 'eval':
       dataset = self._eval_dataset(context)
     else:
-      dataset = self._train_dataset(mode, context)
+      dataset = self._train_dataset(kind, context)
     options = tf.data.Options()
     # Evaluation keeps the split's order (features line up with the split's
     # ids); training batches may come in any order unless seeded.
-    options.deterministic = mode == 'eval' or self.config.seed is not None
+    options.deterministic = kind == 'eval' or self.config.seed is not None
     return dataset.with_options(options)
 
-  def _train_dataset(self, mode, context):
+  def _train_dataset(self, kind, context):
     config = self.config
     pipeline = context.input_pipeline_id
     batch_size = context.get_per_replica_batch_size(config.train_batch_size)
-    ids = self.label_subset() if mode in SUBSET_MODES else None
+    ids = self.label_subset() if kind == 'labeled' else None
     dataset = self.source.read(
         config.train_split, shard_index=pipeline,
         num_shards=context.num_input_pipelines, shuffle=True,
         seed=_stream_seed(config.seed, pipeline, 0), ids=ids)
-    if mode == 'distill':
+    if kind == 'all_images':
       labeled_ids = self.label_subset()
       if labeled_ids is not None:
         dataset = dataset.map(_unlabel_all_but(labeled_ids))
@@ -234,7 +245,7 @@ class Inputs:
         dataset, _seeds(_stream_seed(config.seed, pipeline, 2)))
     size = config.image_size
     params = config.augment_params()
-    if mode == 'pretrain':
+    if kind == 'views':
       dataset = self._pretrain_batches(dataset, batch_size, pipeline)
     else:
       dataset = dataset.map(

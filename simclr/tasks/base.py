@@ -89,8 +89,8 @@ class Task:
   task driven by hand, e.g. in a benchmark).
   """
   name: str = ''
-  # The simclr.data.Inputs pipeline the task trains on.
-  pipeline: str = ''
+  # The input kind the task trains on (simclr.configs.INPUT_KINDS).
+  input_kind: str = ''
   # Views per image in a training batch (images/s counts all of them).
   views: int = 1
 

@@ -8,9 +8,9 @@ Loss on one replica: SimCLRv2 Eq. 2 (--distill_alpha=1, the default) or
 Eq. 3: alpha * distillation + (1 - alpha) * cross-entropy of the labeled rows,
 both terms summed over the rows and divided by the batch size
 (simclr.losses.distillation_terms), + weight decay. Only the examples of the
-label subset carry a label in the distill pipeline; every other row is
+label subset carry a label in the 'all_images' input; every other row is
 unlabeled (-1) and enters only the distillation term. --distill_on=labeled
-reads only the labeled examples (the fine-tuning pipeline).
+reads only the labeled examples (the 'labeled' input, as fine-tuning).
 
 The label subset is the teacher's: a teacher fine-tuned on a subset records
 it (simclr.head_labels), and the student takes it unless
@@ -40,10 +40,10 @@ class DistillTask(Task):
   _head_labels = None
 
   @property
-  def pipeline(self) -> str:
+  def input_kind(self) -> str:
     if self.configs.train.distill_on == 'labeled':
-      return 'finetune'  # Only the label subset's examples, labeled.
-    return 'distill'
+      return 'labeled'  # Only the label subset's examples.
+    return 'all_images'
 
   @property
   def uses_labels(self) -> bool:

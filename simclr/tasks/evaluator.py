@@ -1,5 +1,5 @@
 """Evaluation of the supervised head: top-1 / top-5 accuracy and the
-regularisation loss, as an orbit StandardEvaluator over the 'eval' pipeline
+regularisation loss, as an orbit StandardEvaluator over the 'eval' input
 (the split exactly once; padded rows have weight 0), and
 evaluate_and_record: one evaluation of a run, written as TensorBoard
 scalars and result.json."""

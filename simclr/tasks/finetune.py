@@ -23,7 +23,7 @@ from simclr.tasks.base import supervised_terms
 
 class FinetuneTask(Task):
   name = 'finetune'
-  pipeline = 'finetune'
+  input_kind = 'labeled'
 
   def check(self):
     if not self.num_classes:

@@ -33,7 +33,7 @@ CACHED_INVERSE_L2 = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 
 class LinearEvalTask(Task):
   name = 'linear_eval'
-  pipeline = 'linear_eval'
+  input_kind = 'labeled'
 
   @property
   def cached(self) -> bool:

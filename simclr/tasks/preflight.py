@@ -9,7 +9,7 @@ import tensorflow as tf
 from simclr import checkpoints
 from simclr import paths
 from simclr.configs import RunConfigs
-from simclr.configs import SUBSET_PIPELINES
+from simclr.configs import SUBSET_INPUT_KINDS
 from simclr.data import Inputs
 from simclr.tasks.base import RunError
 from simclr.tasks.base import Task
@@ -83,7 +83,7 @@ def check_inputs(configs: RunConfigs, inputs: Inputs, task: Task):
   """The splits the run reads, the label subset its task trains on, and
   the k-NN settings."""
   check_splits(configs, inputs)
-  if task.pipeline in SUBSET_PIPELINES + ('distill',):
+  if task.input_kind in SUBSET_INPUT_KINDS:
     check_label_subset(configs, inputs)
   if configs.train.knn_eval_steps:
     check_knn_settings(configs, inputs)

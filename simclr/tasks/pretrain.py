@@ -34,7 +34,7 @@ from simclr.tasks.base import supervised_terms
 
 class PretrainTask(Task):
   name = 'pretrain'
-  pipeline = 'pretrain'
+  input_kind = 'views'
   views = 2
 
   @property

@@ -179,7 +179,7 @@ class Run:
   def build_state(self) -> TrainingState:
     """The task's model and extras, the optimiser and the schedule (not yet
     restored or initialised)."""
-    num_examples = self.inputs.num_train_examples(self.task.pipeline)
+    num_examples = self.inputs.num_train_examples(self.task.input_kind)
     self.schedule = make_schedule(self.configs, num_examples)
     return build_training_state(self.configs, self.task, self.strategy,
                                 num_examples, self.schedule.train_steps)
@@ -246,7 +246,7 @@ class Run:
   def _train_loop(self, state, manager, schedule):
     configs, train = self.configs, self.configs.train
     dataset = self.inputs.distributed_dataset(self.strategy,
-                                              self.task.pipeline)
+                                              self.task.input_kind)
     trainer = build_trainer(configs, self.task, state, dataset,
                             self.strategy)
     progress = actions.ProgressReporter(
