@@ -14,8 +14,9 @@
 
 import math
 import sys
-from typing import Iterable, List, NoReturn
+from typing import Any, Callable, Iterable, List, NoReturn
 
+from absl import app
 from absl import flags
 
 from simclr import paths
@@ -47,6 +48,18 @@ def one_line(message) -> str:
 def fail(message, exit_code: int = EXIT_BAD_INPUT) -> NoReturn:
   print(f'error: {one_line(message)}', file=sys.stderr)
   sys.exit(exit_code)
+
+
+def run(main: Callable[[List[str]], Any]):
+  """absl's app.run of `main` with the project's command-line conventions:
+  a flag error is one line (parse_flags), and anything on the command line
+  that is not a flag is refused with one line (exit 2) before main runs."""
+  def checked_main(argv):
+    if len(argv) > 1:
+      fail(f'unexpected arguments {argv[1:]}: flags are written '
+           f'--name=value')
+    return main(argv)
+  app.run(checked_main, flags_parser=parse_flags)
 
 
 def parse_flags(argv: List[str]) -> List[str]:

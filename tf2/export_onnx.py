@@ -22,7 +22,6 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -113,9 +112,6 @@ def export() -> bool:
 
 def main(argv):
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    cli_checks.fail(f'unexpected arguments {argv[1:]}: flags are written '
-                    f'--name=value')
   try:
     passed = export()
   except cli_checks.BadInput as e:
@@ -129,7 +125,7 @@ def main(argv):
 def run_main():
   """Console-script entry point (simclr-export)."""
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=cli_checks.parse_flags)
+  cli_checks.run(main)
 
 
 if __name__ == '__main__':

@@ -21,7 +21,6 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -83,9 +82,6 @@ def extract():
 
 def main(argv):
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    cli_checks.fail(f'unexpected arguments {argv[1:]}: flags are written '
-                    f'--name=value')
   try:
     extract()
   except cli_checks.BadInput as e:
@@ -97,7 +93,7 @@ def main(argv):
 def run_main():
   """Console-script entry point (simclr-extract)."""
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=cli_checks.parse_flags)
+  cli_checks.run(main)
 
 
 if __name__ == '__main__':

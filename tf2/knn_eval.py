@@ -16,7 +16,6 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -98,9 +97,6 @@ def knn_eval():
 
 def main(argv):
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    cli_checks.fail(f'unexpected arguments {argv[1:]}: flags are written '
-                    f'--name=value')
   try:
     result = knn_eval()
   except cli_checks.BadInput as e:
@@ -119,7 +115,7 @@ def main(argv):
 def run_main():
   """Console-script entry point."""
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=cli_checks.parse_flags)
+  cli_checks.run(main)
 
 
 if __name__ == '__main__':

@@ -9,7 +9,6 @@ variables (with BN moving statistics), which is what Table 1 rounds.
 import os
 import sys
 
-from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
@@ -25,9 +24,6 @@ flags.DEFINE_list(
 
 def main(argv):
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    cli_checks.fail(f'unexpected arguments {argv[1:]}: flags are written '
-                    f'--name=value')
   variants = list(zoo.TABLE1_PARAMS_M)
   if FLAGS.variants:
     variants = []
@@ -52,7 +48,7 @@ def main(argv):
 
 def run():
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=cli_checks.parse_flags)
+  cli_checks.run(main)
 
 
 if __name__ == '__main__':

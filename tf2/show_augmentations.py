@@ -16,7 +16,6 @@ greyscale p=0.2, blur p=0.5 at every image size, 3 taps at 32x32).
 Bad input: one line on stderr naming the flag, exit code 2.
 """
 
-from absl import app
 from absl import flags
 import tensorflow as tf
 
@@ -93,9 +92,6 @@ def check_flags():
 
 def main(argv):
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    cli_checks.fail(f'unexpected arguments {argv[1:]}: flags are written '
-                    f'--name=value')
   try:
     config, source = check_flags()
   except ValueError as e:
@@ -135,4 +131,4 @@ def main(argv):
 
 if __name__ == '__main__':
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=cli_checks.parse_flags)
+  cli_checks.run(main)

@@ -22,7 +22,6 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -182,9 +181,6 @@ def load_inputs():
 
 def main(argv):
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    cli_checks.fail(f'unexpected arguments {argv[1:]}: flags are written '
-                    f'--name=value')
   try:
     feature_set = load_inputs()
   except ValueError as e:
@@ -202,7 +198,7 @@ def run_main():
   """Console-script entry point."""
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main, flags_parser=cli_checks.parse_flags)
+  cli_checks.run(main)
 
 
 if __name__ == '__main__':

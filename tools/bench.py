@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
@@ -282,9 +281,6 @@ def check_flags():
 
 def main(argv):
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    cli_checks.fail(f'unexpected arguments {argv[1:]}: flags are written '
-                    f'--name=value')
   if not (FLAGS.one or FLAGS.one_published):
     try:
       check_flags()
@@ -470,4 +466,4 @@ def _tf_version():
 
 if __name__ == '__main__':
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=cli_checks.parse_flags)
+  cli_checks.run(main)

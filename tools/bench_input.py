@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import tensorflow as tf
@@ -154,4 +153,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
+  cli_checks.run(main)

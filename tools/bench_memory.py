@@ -12,7 +12,6 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
@@ -79,4 +78,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
+  cli_checks.run(main)

@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
@@ -85,9 +84,6 @@ def op_summary(logdir, steps):
 def main(argv):
   from simclr import paths  # pylint: disable=g-import-not-at-top
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    cli_checks.fail(f'unexpected arguments {argv[1:]}: flags are written '
-                    f'--name=value')
   if FLAGS.config not in bench.SETTINGS:
     cli_checks.fail(f'--config: {FLAGS.config!r} is not one of '
                     f'{", ".join(bench.SETTINGS)}')
@@ -146,4 +142,4 @@ def main(argv):
 
 if __name__ == '__main__':
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=cli_checks.parse_flags)
+  cli_checks.run(main)

@@ -35,7 +35,6 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -330,8 +329,11 @@ def main(argv):
   started = time.time()
   if FLAGS.tune:
     from tools import demo_tuning  # pylint: disable=g-import-not-at-top
-    demo_tuning.tune(sys.modules[__name__], out, FLAGS.data_dir, fractions,
-                     groups=FLAGS.tune_groups)
+    train_split, eval_split = VALIDATION_SPLITS
+    demo_tuning.tune(
+        lambda name: Pipeline(0, os.path.join(out, 'tuning', name),
+                              train_split, eval_split, FLAGS.data_dir),
+        steps, out, fractions, groups=FLAGS.tune_groups)
     return
   rows = []
   for seed in [int(s) for s in FLAGS.seeds]:
@@ -353,4 +355,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
+  cli_checks.run(main)

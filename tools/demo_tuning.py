@@ -16,8 +16,7 @@ import time
 
 import numpy as np
 
-# The running tools/demo.py module (its settings and Pipeline), set by tune().
-demo = None
+from tools import experiment
 
 # Candidates per grid: {name: settings that replace the demo's}.
 PRETRAIN_GRID = {
@@ -80,7 +79,8 @@ def _frozen_feature_scores(pretrain_dir, pipeline, fractions):
                                                     pipeline.eval_split)
   scores = {}
   for fraction in fractions:
-    keep = demo.label_subset_mask(train_ids, train_y, fraction, pipeline.seed)
+    keep = experiment.label_subset_mask(train_ids, train_y, fraction,
+                                        pipeline.seed)
     head = SupervisedHead(10, False)
     head(train_x[:1])
     # Only the subset's labels; the standardisation may use every training
@@ -92,26 +92,30 @@ def _frozen_feature_scores(pretrain_dir, pipeline, fractions):
   return scores
 
 
-def _teacher(base, pretrain_dir, fraction):
+def _run(values):
+  """The result dict of one stage (experiment.run_stage)."""
+  result, _, _ = experiment.run_stage(values)
+  return result
+
+
+def _teacher(base, pretrain_dir, fraction, steps):
   """(model_dir, validation top-1) of the demo's fine-tuned teacher."""
-  result, _ = demo.run_stage(base.flags(
+  result = _run(base.flags(
       f'teacher_{100 * fraction:g}pct', train_mode='finetune',
       checkpoint=pretrain_dir, train_label_fraction=fraction,
-      **dict(demo.FINETUNE,
-             train_steps=demo.steps(demo.FINETUNE['train_steps']))))
+      **dict(experiment.FINETUNE,
+             train_steps=steps(experiment.FINETUNE['train_steps']))))
   return (os.path.join(base.out, f'teacher_{100 * fraction:g}pct'),
           result['eval/label_top_1_accuracy'])
 
 
-def _pipeline(out, data_dir, name):
-  train_split, eval_split = demo.VALIDATION_SPLITS
-  return demo.Pipeline(0, os.path.join(out, 'tuning', name), train_split,
-                       eval_split, data_dir)
+def tune(make_pipeline, steps, out, fractions, groups=GROUPS):
+  """Runs the grids of `groups`, writing <out>/tuning.md as it goes.
 
-
-def tune(demo_module, out, data_dir, fractions, groups=GROUPS):
-  global demo
-  demo = demo_module
+  make_pipeline(name): the demo's Pipeline of seed 0 on
+    experiment.VALIDATION_SPLITS, writing under <out>/tuning/<name>;
+  steps(n): a step count of the recipe as the demo runs it (its --scale).
+  """
   started = time.time()
   report = []
   all_fractions = list(fractions) + [1.0]
@@ -135,18 +139,18 @@ def tune(demo_module, out, data_dir, fractions, groups=GROUPS):
   for name, changes in PRETRAIN_GRID.items():
     if changes and 'pretrain' not in groups:
       continue
-    pipeline = _pipeline(out, data_dir, 'pretrain_' + name.split(' ')[0] +
-                         str(len(lines)))
-    augment = {k: changes[k] for k in demo.AUGMENT if k in changes}
-    size = changes.get('image_size', demo.IMAGE_SIZE)
+    pipeline = make_pipeline('pretrain_' + name.split(' ')[0] +
+                             str(len(lines)))
+    augment = {k: changes[k] for k in experiment.AUGMENT if k in changes}
+    size = changes.get('image_size', experiment.IMAGE_SIZE)
     pretrain = {k: v for k, v in changes.items()
                 if k not in augment and k != 'image_size'}
     values = pipeline.flags('pretrain', train_mode='pretrain', mode='train',
-                            **dict(demo.PRETRAIN, **pretrain))
+                            **dict(experiment.PRETRAIN, **pretrain))
     values.update(augment, image_size=size,
-                  train_steps=demo.steps(values['train_steps']))
+                  train_steps=steps(values['train_steps']))
     values['checkpoint_steps'] = values['train_steps']
-    demo.run_stage(values)
+    _run(values)
     if not changes:
       demo_pretrain_dir = values['model_dir']
     scores = _frozen_feature_scores(values['model_dir'], pipeline,
@@ -161,7 +165,7 @@ def tune(demo_module, out, data_dir, fractions, groups=GROUPS):
 
   # The downstream grids start from the demo's pretraining (the grid's first
   # candidate).
-  base = _pipeline(out, data_dir, 'base')
+  base = make_pipeline('base')
   pretrain_dir = demo_pretrain_dir
   for title, grid, kind in (('Fine-tuning', FINETUNE_GRID, 'finetune'),
                             ('Supervised baseline from scratch',
@@ -174,7 +178,7 @@ def tune(demo_module, out, data_dir, fractions, groups=GROUPS):
     columns = [f'{100 * f:g}% labels' for f in fractions]
     if kind == 'distill':
       columns = [f'{who} {c}' for who in ('self', 'small') for c in columns]
-      teachers = [_teacher(base, pretrain_dir, f) for f in fractions]
+      teachers = [_teacher(base, pretrain_dir, f, steps) for f in fractions]
       lines.append('| the fine-tuned teachers | ' + ' | '.join(
           f'{100 * t[1]:.1f}' for t in teachers * 2) + ' |')
     for name, changes in grid.items():
@@ -186,26 +190,27 @@ def tune(demo_module, out, data_dir, fractions, groups=GROUPS):
             values = base.flags(tag, train_mode='finetune',
                                 checkpoint=pretrain_dir,
                                 train_label_fraction=fraction,
-                                **dict(demo.FINETUNE, **changes))
+                                **dict(experiment.FINETUNE, **changes))
           elif kind == 'supervised':
             values = base.flags(tag, train_mode='finetune',
                                 train_label_fraction=fraction,
-                                **dict(demo.FINETUNE, ft_proj_selector=0,
+                                **dict(experiment.FINETUNE, ft_proj_selector=0,
                                        **changes))
           elif student == 'self':
             values = base.flags(tag, train_mode='distill',
                                 teacher_checkpoint=teachers[i][0],
                                 checkpoint=pretrain_dir,
                                 train_label_fraction=fraction,
-                                **dict(demo.DISTILL, **changes))
+                                **dict(experiment.DISTILL, **changes))
           else:
             values = base.flags(tag, train_mode='distill',
                                 teacher_checkpoint=teachers[i][0],
                                 train_label_fraction=fraction,
-                                **dict(demo.DISTILL, **demo.SMALL, **changes))
-          values['train_steps'] = demo.steps(values['train_steps'])
+                                **dict(experiment.DISTILL, **experiment.SMALL,
+                                       **changes))
+          values['train_steps'] = steps(values['train_steps'])
           values['checkpoint_steps'] = values['train_steps']
-          result, _ = demo.run_stage(values)
+          result = _run(values)
           row.append(100 * result['eval/label_top_1_accuracy'])
       lines.append(f'| {name} | ' + ' | '.join(f'{v:.1f}' for v in row) +
                    ' |')
@@ -239,9 +244,10 @@ def _raw_grid(base, all_fractions, section):
 
 
 def _raw_score(pipeline, fraction, make):
-  ids, x, y = demo.raw_pixels(pipeline.data_dir, pipeline.train_split)
-  _, test_x, test_y = demo.raw_pixels(pipeline.data_dir, pipeline.eval_split)
-  keep = demo.label_subset_mask(ids, y, fraction, pipeline.seed)
+  ids, x, y = experiment.raw_pixels(pipeline.data_dir, pipeline.train_split)
+  _, test_x, test_y = experiment.raw_pixels(pipeline.data_dir,
+                                            pipeline.eval_split)
+  keep = experiment.label_subset_mask(ids, y, fraction, pipeline.seed)
   classifier = make()
   if getattr(classifier, 'n_neighbors', 0) > keep.sum():
     return float('nan')

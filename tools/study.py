@@ -32,7 +32,6 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
@@ -596,10 +595,6 @@ def _check_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
-    cli_checks.fail(f'unexpected arguments {argv[1:]}: flags are written '
-                    f'--name=value')
   _check_flags()
   out = os.path.abspath(FLAGS.out)
   data_dir = FLAGS.data_dir or os.path.join(out, 'tensorflow_datasets')
@@ -640,4 +635,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
+  cli_checks.run(main)
