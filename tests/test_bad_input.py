@@ -73,6 +73,14 @@ EXTRACT = KNN + ['--out={tmp}/features.npz', '--split=test']
 # id -> ((script, args), text the error line must contain). Arguments and
 # texts are formatted with the places fixture.
 CASES = {
+    # A stray word on the command line (cli_checks.run, every script).
+    **{f'stray_argument_{script[:-3]}': (plain(script, 'stray'),
+                                         "unexpected arguments ['stray']")
+       for script in ('run.py', 'knn_eval.py', 'extract_features.py',
+                      'show_embedding.py', 'show_augmentations.py',
+                      'model_zoo.py', 'export_onnx.py', 'demo.py',
+                      'study.py', 'bench.py', 'bench_input.py',
+                      'bench_memory.py', 'bench_profile.py')},
     # tf2/run.py
     'run_unknown_dataset': (run('run.py', '--dataset=no_such_dataset'),
                             '--dataset=no_such_dataset'),
