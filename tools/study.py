@@ -47,9 +47,10 @@ flags.DEFINE_list('seeds', ['0'], 'Seeds of weights, data order and '
                   'augmentation; each seed draws its own label subsets.')
 flags.DEFINE_float('scale', 1.0, 'Multiplies every step count (a quick '
                    'check; the reported study uses 1).')
-flags.DEFINE_list('widths', ['0.0625', '0.125', '0.25'],
+flags.DEFINE_list('widths', ['0.03125', '0.0625', '0.125', '0.25'],
                   'ResNet-18 width multipliers of section 1 (the largest is '
-                  'the teacher of sections 3 and 4).')
+                  'the teacher of sections 3 and 4); the default four span '
+                  '50x in parameters.')
 flags.DEFINE_list('label_fractions', ['0.01', '0.1', '1.0'],
                   'Label fractions of section 1 (sections 2-4 use those '
                   'below 1).')
@@ -315,6 +316,13 @@ def _cell(rows):
   return f'{experiment.mean_std(r["top1"] for r in rows)} ({len(rows)})'
 
 
+def _params(rows, width):
+  """The encoder's parameter count at `width` ('-' before any run of it)."""
+  counts = [r['params'] for r in rows if r.get('width') == width and
+            r.get('params')]
+  return f'{counts[0] / 1e6:.3f}M' if counts else '-'
+
+
 def _mean(rows):
   return sum(r['top1'] for r in rows) / len(rows) if rows else None
 
@@ -330,11 +338,11 @@ def size_section(rows, widths, fractions):
       supervised = _group(rows, method='supervised', width=width,
                           label_fraction=fraction)
       linear = _group(rows, method='simclr_linear_eval', width=width)
-      params = (simclr or supervised or [{'params': 0}])[0]['params']
+      params = _params(rows, width)
       gap = (experiment.percent(_mean(simclr) - _mean(supervised))
              if simclr and supervised else '-')
       lines.append(f'| {100 * fraction:g}% | {width:g}x | '
-                   f'{params / 1e6:.3f}M | {_cell(simclr)} | '
+                   f'{params} | {_cell(simclr)} | '
                    f'{_cell(supervised)} | {gap} | '
                    f'{_cell(linear) if fraction == 1 else ""} |')
     for method in ('raw_pixels_logistic_regression', 'raw_pixels_knn'):
@@ -437,9 +445,9 @@ def distill_section(rows, widths, fractions, teacher_width):
           head_layers=3, label_fraction=fraction))
       supervised = _distill_matched(rows, _group(
           rows, method='supervised', width=width, label_fraction=fraction))
-      params = (distilled or own or [{'params': 0}])[0]['params']
+      params = _params(rows, width)
       name = f'{width:g}x' + (' (self)' if width == teacher_width else '')
-      lines.append(f'| {100 * fraction:g}% | {name} | {params / 1e6:.3f}M | '
+      lines.append(f'| {100 * fraction:g}% | {name} | {params} | '
                    f'{_cell(distilled)} | {_cell(own)} | '
                    f'{_cell(supervised)} | {teacher} |')
   return '\n'.join(lines)
