@@ -22,7 +22,7 @@ A task's seams, in the order a run calls them:
 """
 
 import dataclasses
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 import tensorflow as tf
 import tf_keras
@@ -46,11 +46,15 @@ class TrainingState:
 
   extras: the task's own trackables (e.g. momentum_encoder, memory_queue),
     checkpointed under their keys beside the model.
+  optimizer: Model Garden's LARS (a legacy OptimizerV2) or tf_keras's SGD /
+    Adam (the current Optimizer), wrapped in a LossScaleOptimizer under
+    float16 (build.py).
   learning_rate: the optimizer's schedule (step -> rate), for the trainer's
     learning_rate metric; not checkpointed (rebuilt from the configs).
   """
   model: SimCLRModel
-  optimizer: tf_keras.optimizers.legacy.Optimizer
+  optimizer: Union[tf_keras.optimizers.Optimizer,
+                   tf_keras.optimizers.legacy.Optimizer]
   extras: Dict[str, tf.Module] = dataclasses.field(default_factory=dict)
   learning_rate: Any = None
 
