@@ -1,7 +1,9 @@
 """orbit train actions of a run: called by the Controller with the loop's
 outputs after every loop (--steps_per_loop steps inside one tf.function).
 
-- ProgressReporter: one line per loop (step, images/s, ETA, metrics).
+- ProgressReporter: one line per loop (step, images/s, ETA, metrics), and the
+  same numbers as a LoopProgress to an optional listener (e.g. a tool's live
+  progress line; simclr.train(on_progress=...)).
 - CheckpointSaver: a checkpoint at every multiple of the checkpoint interval,
   as published (the CheckpointManager's own interval counts from the first
   save instead).
@@ -12,10 +14,11 @@ outputs after every loop (--steps_per_loop steps inside one tf.function).
   together.
 """
 
+import dataclasses
 import math
 import signal
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from absl import logging
 import tensorflow as tf
@@ -143,14 +146,26 @@ class PreemptionWatcher:
     raise Preempted(step, self.received)
 
 
+@dataclasses.dataclass(frozen=True)
+class LoopProgress:
+  """Where training stands after a loop: what ProgressReporter logs."""
+  step: int
+  total_steps: int
+  images_per_second: float
+  seconds_left: float  # nan when no step has been timed yet
+
+
 class ProgressReporter:
-  """After each loop: step / total, images per second, ETA, main metrics.
+  """After each loop: step / total, images per second, ETA, main metrics, as
+  an absl info line, and as a LoopProgress to `listener` when given.
   `last_output` keeps the last loop's metrics (train_metrics.json)."""
 
-  def __init__(self, global_step, total_steps, images_per_step):
+  def __init__(self, global_step, total_steps, images_per_step,
+               listener: Optional[Callable[[LoopProgress], None]] = None):
     self.global_step = global_step
     self.total = total_steps
     self.images_per_step = images_per_step
+    self.listener = listener
     self.start_step = int(global_step.numpy())
     self.start_time = time.time()
     self.last_output = {}
@@ -168,6 +183,9 @@ class ProgressReporter:
     logging.info('step %d/%d (%.0f%%) | %.1f images/s | ETA %s | %s', step,
                  self.total, 100 * step / max(self.total, 1),
                  rate * self.images_per_step, format_seconds(eta), metrics)
+    if self.listener is not None:
+      self.listener(LoopProgress(step, self.total,
+                                 rate * self.images_per_step, eta))
 
 
 def format_seconds(seconds: float) -> str:

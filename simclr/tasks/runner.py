@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from absl import logging
 import orbit
@@ -129,11 +129,15 @@ class Run:
   """One run of tf2/run.py. Build with the configs, then call `run()`.
 
   flags_dict: extra values to record in flags.json beside the configs'
-  fields (e.g. every absl flag of tf2/run.py)."""
+  fields (e.g. every absl flag of tf2/run.py); on_progress: called with an
+  actions.LoopProgress after every training loop (besides the log line)."""
 
   def __init__(self, configs: RunConfigs,
-               flags_dict: Optional[Dict[str, Any]] = None):
+               flags_dict: Optional[Dict[str, Any]] = None,
+               on_progress: Optional[Callable[[actions.LoopProgress],
+                                              None]] = None):
     self.configs = configs
+    self.on_progress = on_progress
     train = configs.train
     # Files first: none of these checks starts TensorFlow's runtime, which a
     # MultiWorkerMirroredStrategy must configure before anything else.
@@ -251,7 +255,7 @@ class Run:
                             self.strategy)
     progress = actions.ProgressReporter(
         state.global_step, schedule.train_steps,
-        configs.data.train_batch_size * self.task.views)
+        configs.data.train_batch_size * self.task.views, self.on_progress)
     watcher = actions.PreemptionWatcher(manager, state.global_step,
                                         self.strategy)
     train_actions = [progress, actions.CheckpointSaver(
@@ -367,7 +371,9 @@ class Run:
     return result
 
 
-def train(**flag_values) -> Optional[Dict[str, float]]:
+def train(*, on_progress: Optional[Callable[[actions.LoopProgress],
+                                             None]] = None,
+          **flag_values) -> Optional[Dict[str, float]]:
   """Runs what tf2/run.py runs, from its flag names (absent ones take the
   flags' defaults); returns the eval result dict (result.json) or None.
 
@@ -375,13 +381,17 @@ def train(**flag_values) -> Optional[Dict[str, float]]:
                    resnet_depth=18, width_multiplier=0.25, use_tpu=False,
                    train_steps=100, model_dir='/tmp/pretrain')
 
+  on_progress, if given, is called with an actions.LoopProgress (step,
+  total steps, images/s, seconds left) after every training loop, e.g. to
+  draw a progress line; the same numbers are logged either way.
+
   Raises RunError (a ValueError) for settings or files found unusable
   before any computation; CheckpointError for weights that do not fit;
   NonFiniteLossError; Preempted after a SIGTERM / SIGINT checkpoint.
   """
   try:
     configs = configs_from_values(flag_values)
-    run = Run(configs, flag_values)
+    run = Run(configs, flag_values, on_progress)
   except RunError:
     raise
   except ValueError as e:  # Config validation, data sources, strategy.
