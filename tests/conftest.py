@@ -31,7 +31,7 @@ tf.config.set_logical_device_configuration(
 # a slow file collected last ran alone at the end of the suite.
 SLOW_FILES_FIRST = ('test_study.py', 'test_run.py', 'test_semi_supervision.py',
                     'test_reliability.py', 'test_faq.py', 'test_colabs.py',
-                    'test_onnx.py', 'test_bad_input.py')
+                    'test_console.py', 'test_onnx.py', 'test_bad_input.py')
 
 
 def pytest_collection_modifyitems(items):

@@ -28,7 +28,10 @@ demo_out/results.json (every row of every seed, and the summary), the
 label-efficiency plot to demo_out/label_efficiency.png, the embedding of the
 test digits (pretrained encoder, raw pixels, random encoder) to
 demo_out/embedding.png, the augmentation picture to
-demo_out/augmentations.png.
+demo_out/augmentations.png. The terminal shows one line per stage (and,
+on a terminal, an updating line of the running stage's steps, images/s and
+time left) and the table; every other line (absl, TFDS, TensorFlow) goes to
+demo_out/log.txt; --verbose shows them on the terminal (tools/console.py).
 """
 
 import os
@@ -41,6 +44,7 @@ from absl import logging
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 
+from tools import console  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tools import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -62,6 +66,9 @@ flags.DEFINE_list('tune_groups', ['pretrain', 'finetune', 'supervised',
                                   'distill', 'raw'],
                   'With --tune: the grids to run (pretrain, finetune, '
                   'supervised, distill, raw).')
+flags.DEFINE_bool('verbose', False, 'Show every log line (absl, TFDS, '
+                  'TensorFlow\'s C++ log) on the terminal; without it they '
+                  'go to <out>/log.txt.')
 
 # The digits recipe (chosen on validation by --tune) lives in
 # tools/experiment.py, which the study shares.
@@ -81,14 +88,16 @@ def steps(n):
 
 
 class Pipeline:
-  """One seed of the demo on (train_split, eval_split), written under out."""
+  """One seed of the demo on (train_split, eval_split), written under out;
+  its stage lines go to `terminal` (a console.Console)."""
 
-  def __init__(self, seed, out, train_split, eval_split, data_dir):
+  def __init__(self, seed, out, train_split, eval_split, data_dir, terminal):
     self.seed = seed
     self.out = out
     self.train_split = train_split
     self.eval_split = eval_split
     self.data_dir = data_dir
+    self.terminal = terminal
     self.rows = []
 
   def flags(self, name, **values):
@@ -116,12 +125,13 @@ class Pipeline:
 
   def stage(self, method, arch, fraction, values):
     started = time.time()
-    result, params = run_stage(values)
+    name = f'  seed {self.seed} {os.path.basename(values["model_dir"])}'
+    with self.terminal.live(name) as on_progress:
+      result, params = run_stage(values, on_progress)
     top1 = result.get('eval/label_top_1_accuracy')
-    print(f'  seed {self.seed} {os.path.basename(values["model_dir"])}: '
-          f'{time.time() - started:.0f}s'
-          + (f', top-1 {100 * top1:.1f}%' if top1 is not None else ''),
-          flush=True)
+    self.terminal.say(
+        f'{name}: {time.time() - started:.0f}s'
+        + (f', top-1 {100 * top1:.1f}%' if top1 is not None else ''))
     if method:
       self.add(method, arch, fraction, result, params)
     return result
@@ -203,11 +213,11 @@ def label_subset_mask(ids, labels, fraction, seed):
   return experiment.label_subset_mask(ids, labels, fraction, seed)
 
 
-def run_stage(flag_values):
+def run_stage(flag_values, on_progress=None):
   """Runs one tf2/run.py configuration in this process (or reads the result
   of the same configuration finished before); returns (result dict, the
   trained model's encoder parameter count)."""
-  result, params, _ = experiment.run_stage(flag_values)
+  result, params, _ = experiment.run_stage(flag_values, on_progress)
   return result, params
 
 
@@ -239,7 +249,7 @@ def table(summary):
   return '\n'.join(lines)
 
 
-def write_outputs(rows, out, seconds):
+def write_outputs(rows, out, seconds, terminal):
   os.makedirs(out, exist_ok=True)
   summary = summarise(rows)
   machine = experiment.machine()
@@ -252,7 +262,7 @@ def write_outputs(rows, out, seconds):
             f'Top-1 / top-5 accuracy (%) on the 359 test digits; mean '
             f'± standard deviation over the seeds. Made on: '
             f'{experiment.machine_line(machine)}.\n\n{text}\n')
-  print(text, flush=True)
+  terminal.say(text)
   plot(summary, os.path.join(out, 'label_efficiency.png'))
 
 
@@ -325,6 +335,13 @@ def main(argv):
   FLAGS.out = out
   if FLAGS.data_dir is None:
     FLAGS.data_dir = os.path.join(out, 'tensorflow_datasets')
+  with console.Console(out, FLAGS.verbose, 'demo') as terminal:
+    run_demo(terminal, out)
+
+
+def run_demo(terminal, out):
+  """The demo's stages (or, with --tune, the validation grids) and its
+  outputs, said on `terminal` (a console.Console)."""
   fractions = [float(f) for f in FLAGS.label_fractions]
   started = time.time()
   if FLAGS.tune:
@@ -332,16 +349,17 @@ def main(argv):
     train_split, eval_split = VALIDATION_SPLITS
     demo_tuning.tune(
         lambda name: Pipeline(0, os.path.join(out, 'tuning', name),
-                              train_split, eval_split, FLAGS.data_dir),
-        steps, out, fractions, groups=FLAGS.tune_groups)
+                              train_split, eval_split, FLAGS.data_dir,
+                              terminal),
+        steps, out, fractions, groups=FLAGS.tune_groups, say=terminal.say)
     return
   rows = []
   for seed in [int(s) for s in FLAGS.seeds]:
-    print(f'[{time.time() - started:5.0f}s] seed {seed}', flush=True)
+    terminal.say(f'[{time.time() - started:5.0f}s] seed {seed}')
     pipeline = Pipeline(seed, os.path.join(out, f'seed{seed}'), TRAIN_SPLIT,
-                        TEST_SPLIT, FLAGS.data_dir)
+                        TEST_SPLIT, FLAGS.data_dir, terminal)
     rows += pipeline.run(fractions)
-    write_outputs(rows, out, time.time() - started)
+    write_outputs(rows, out, time.time() - started, terminal)
   first_seed_dir = os.path.join(out, f'seed{int(FLAGS.seeds[0])}')
   for name, draw in (('embedding', lambda: draw_embedding(
       first_seed_dir, out, FLAGS.data_dir)), ('augmentation',
@@ -349,9 +367,10 @@ def main(argv):
     try:
       draw()
     except Exception as e:  # pylint: disable=broad-except
-      logging.warning('%s picture not drawn: %s', name, e)
-  print(f'demo finished in {time.time() - started:.0f}s; outputs in {out}',
-        flush=True)
+      logging.exception('%s picture not drawn', name)
+      terminal.say(f'{name} picture not drawn: {console.one_line(e)}')
+  terminal.say(f'demo finished in {time.time() - started:.0f}s; outputs in '
+               f'{out}')
 
 
 if __name__ == '__main__':

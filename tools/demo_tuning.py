@@ -109,8 +109,9 @@ def _teacher(base, pretrain_dir, fraction, steps):
           result['eval/label_top_1_accuracy'])
 
 
-def tune(make_pipeline, steps, out, fractions, groups=GROUPS):
-  """Runs the grids of `groups`, writing <out>/tuning.md as it goes.
+def tune(make_pipeline, steps, out, fractions, groups=GROUPS, say=print):
+  """Runs the grids of `groups`, writing <out>/tuning.md as it goes and
+  showing each section with say(text) as it grows.
 
   make_pipeline(name): the demo's Pipeline of seed 0 on
     experiment.VALIDATION_SPLITS, writing under <out>/tuning/<name>;
@@ -127,7 +128,7 @@ def tune(make_pipeline, steps, out, fractions, groups=GROUPS):
       report[-1] = text
     else:
       report.append(text)
-    print(report[-1], flush=True)
+    say(report[-1])
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'tuning.md'), 'w') as f:
       f.write('# Validation grids of the digits demo\n\nTrained on '

@@ -1,7 +1,8 @@
 """What the demo (tools/demo.py) and the study (tools/study.py) share: running a
 stage (one simclr.train configuration) so that a finished stage is not run
 again, the raw-pixel baselines on the digits, grouping rows into means and
-spreads, progress lines, and where a table was made.
+spreads, the stage lines (Progress, through tools/console.py), and where a
+table was made.
 
 A stage is resumable: its flag values are written to <model_dir>/stage.json
 when it finishes; a later run with the same values reads result.json
@@ -10,12 +11,15 @@ checkpoint (simclr.train does that by itself).
 """
 
 import json
+import math
 import os
 import platform
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
+
+from tools import console as console_lib
 
 STAGE_FILE = 'stage.json'
 
@@ -81,10 +85,11 @@ def encoder_params(model) -> int:
                  if 'moving_' not in v.name))
 
 
-def run_stage(flag_values: Dict[str, Any]):
+def run_stage(flag_values: Dict[str, Any], on_progress=None):
   """Runs one tf2/run.py configuration in this process, unless the same
   configuration already finished in its model_dir. Returns (result dict,
-  encoder parameter count, whether it was reused)."""
+  encoder parameter count, whether it was reused). on_progress: passed to
+  simclr.train (a Console.live line's callback)."""
   import simclr  # pylint: disable=g-import-not-at-top
   model_dir = flag_values['model_dir']
   stage_path = os.path.join(model_dir, STAGE_FILE)
@@ -96,7 +101,7 @@ def run_stage(flag_values: Dict[str, Any]):
     if done.get('flags') == wanted:
       with open(result_path) as f:
         return json.load(f), done['params'], True
-  result = simclr.train(**flag_values)
+  result = simclr.train(on_progress=on_progress, **flag_values)
   params = encoder_params(simclr.load_model(model_dir))
   with open(stage_path + '.tmp', 'w') as f:
     json.dump(dict(flags=wanted, params=params), f, indent=1)
@@ -188,23 +193,28 @@ def machine_line(info: Dict[str, Any]) -> str:
 
 
 class Progress:
-  """One line per stage: 'stage k/n name: 41s, top-1 83.0% | 5m12s elapsed,
-  about 20m left'. The estimate weighs the remaining stages by `cost`
-  (e.g. steps x width factor) at the rate measured so far."""
+  """One line per stage on the console: 'stage k/n name: 41s, top-1 83.0% |
+  5m12s elapsed, about 20m left', and the stage's live line while it runs.
+  The estimate weighs the remaining stages by `cost` (e.g. steps x width
+  factor) at the rate measured so far."""
 
-  def __init__(self, total_cost: float, print_fn: Callable[[str], None] = None):
+  def __init__(self, total_cost: float, console: console_lib.Console):
     self.total_cost = total_cost
     self.done_cost = 0.0
     self.trained_cost = 0.0
     self.trained_seconds = 0.0
     self.count = 0
     self.started = time.time()
-    self.print = print_fn or (lambda line: print(line, flush=True))
+    self.console = console
 
   def stage(self, name: str, cost: float, total_stages: int,
-            run: Callable[[], Any], describe: Callable[[Any], str]):
+            run: Callable[[Any], Any], describe: Callable[[Any], str]):
+    """run(on_progress) -> (output, reused) runs the stage; describe(output)
+    is the result's part of the line (e.g. ', top-1 83.0%')."""
     started = time.time()
-    output, reused = run()
+    with self.console.live(
+        f'stage {self.count + 1}/{total_stages} {name}') as on_progress:
+      output, reused = run(on_progress)
     seconds = time.time() - started
     self.count += 1
     self.done_cost += cost
@@ -212,22 +222,16 @@ class Progress:
       self.trained_cost += cost
       self.trained_seconds += seconds
     left = max(self.total_cost - self.done_cost, 0.0)
-    eta = ('?' if not self.trained_cost else
-           _duration(left * self.trained_seconds / self.trained_cost))
-    self.print(f'stage {self.count}/{total_stages} {name}: '
-               f'{"done before" if reused else _duration(seconds)}'
-               f'{describe(output)} | {_duration(time.time() - self.started)}'
-               f' elapsed, about {eta} left')
+    eta = console_lib.duration(
+        left * self.trained_seconds / self.trained_cost
+        if self.trained_cost else math.nan)
+    self.console.say(
+        f'stage {self.count}/{total_stages} {name}: '
+        f'{"done before" if reused else console_lib.duration(seconds)}'
+        f'{describe(output)} | '
+        f'{console_lib.duration(time.time() - self.started)} elapsed, about '
+        f'{eta} left')
     return output
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(round(seconds))
-  if seconds < 60:
-    return f'{seconds}s'
-  if seconds < 3600:
-    return f'{seconds // 60}m{seconds % 60:02d}s'
-  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
 
 
 def percent(value: Optional[float], digits: int = 1) -> str:

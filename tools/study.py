@@ -25,7 +25,10 @@ part of the training split; the test split gives only the final numbers.
 A stage whose result exists is not run again: a killed study continues
 where it stopped (run the same command). Outputs: study_out/results.json
 (every row of every seed, the summaries, the machine), study_out/study.md,
-study_out/size.png, head.png, targets.png, distillation.png.
+study_out/size.png, head.png, targets.png, distillation.png. The terminal
+shows one line per stage and the tables; every other line (absl, TFDS,
+TensorFlow) goes to study_out/log.txt; --verbose shows them on the terminal
+(tools/console.py).
 """
 
 import os
@@ -37,6 +40,7 @@ from absl import flags
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 
+from tools import console  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tools import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -63,6 +67,9 @@ flags.DEFINE_list('head_layers', ['2', '3', '4'], 'Projection-head depths '
 flags.DEFINE_float('head_width', 0.125, 'Width of section 2\'s networks and '
                    'of section 3\'s student.')
 flags.DEFINE_list('sections', ['1', '2', '3', '4'], 'Sections to run.')
+flags.DEFINE_bool('verbose', False, 'Show every log line (absl, TFDS, '
+                  'TensorFlow\'s C++ log) on the terminal; without it they '
+                  'go to <out>/log.txt.')
 
 SECTIONS = ('1', '2', '3', '4')
 # Table 2's four targets: (row name, distill flags); 'label only' is the
@@ -261,8 +268,8 @@ class Study:
     (the outputs are rewritten, so a killed study leaves its tables)."""
     rows = self.raw_pixel_rows(self.subset_count)
     for name, values, stage_rows in self.plan:
-      def run_one(values=values):
-        result, params, reused = experiment.run_stage(values)
+      def run_one(on_progress, values=values):
+        result, params, reused = experiment.run_stage(values, on_progress)
         return (result, params), reused
       result, params = progress.stage(
           f'seed {self.seed} {name}', stage_cost(values), total_stages,
@@ -607,6 +614,11 @@ def main(argv):
   out = os.path.abspath(FLAGS.out)
   data_dir = FLAGS.data_dir or os.path.join(out, 'tensorflow_datasets')
   os.makedirs(out, exist_ok=True)
+  with console.Console(out, FLAGS.verbose, 'study') as terminal:
+    run_study(terminal, out, data_dir)
+
+
+def run_study(terminal, out, data_dir):
   widths = sorted(float(w) for w in FLAGS.widths)
   fractions = sorted(float(f) for f in FLAGS.label_fractions)
   head_layers = [int(n) for n in FLAGS.head_layers]
@@ -625,9 +637,10 @@ def main(argv):
     studies.append(study)
   total = sum(len(s.plan) for s in studies)
   progress = experiment.Progress(sum(
-      stage_cost(values) for s in studies for _, values, _ in s.plan))
-  print(f'study: {total} stages over {len(studies)} seed(s), outputs in '
-        f'{out}', flush=True)
+      stage_cost(values) for s in studies for _, values, _ in s.plan),
+                                 terminal)
+  terminal.say(f'study: {total} stages over {len(studies)} seed(s), outputs '
+               f'in {out}')
   started = time.time()
   machine = experiment.machine()
   rows = []
@@ -637,9 +650,9 @@ def main(argv):
                     machine)
     rows += study.run(progress, total, after_stage=partial)
     text = write_outputs(rows, out, time.time() - started, settings, machine)
-  print(text, flush=True)
-  print(f'study finished in {(time.time() - started) / 60:.1f} minutes; '
-        f'outputs in {out}', flush=True)
+  terminal.say(text)
+  terminal.say(f'study finished in {(time.time() - started) / 60:.1f} '
+               f'minutes; outputs in {out}')
 
 
 if __name__ == '__main__':
