@@ -5,6 +5,12 @@ TensorFlow initialises, so multi-replica code paths (MirroredStrategy over
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One BLAS thread per test process: `make test` runs two processes on two
+# cores, and scikit-learn's fits (linear evaluation, raw-pixel baselines)
+# with OpenBLAS's default of a thread per core ran 4 to 50 times slower when
+# the other process was busy. (Set again by the Makefile, in case numpy was
+# imported before this file.)
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 import contextlib  # noqa: E402
 import fcntl  # noqa: E402
