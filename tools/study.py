@@ -557,29 +557,73 @@ def plot(rows, out, widths, fractions, settings):
     fig.tight_layout()
     fig.savefig(os.path.join(out, 'head.png'), dpi=120)
     plt.close(fig)
-  for section, name in (('3', 'targets'), ('4', 'distillation')):
-    if section not in settings['sections'] or not few:
-      continue
-    methods = sorted({r['method'] for r in rows if r['section'] == section})
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    for i, method in enumerate(methods):
-      keys = sorted({(r['label_fraction'], r['width']) for r in rows
-                     if r['section'] == section and r['method'] == method})
-      groups = [_group(rows, section=section, method=method,
-                       label_fraction=f, width=w) for f, w in keys]
-      labels = [f'{100 * f:g}%' + (f' {w:g}x' if section == '4' else '')
-                for f, w in keys]
-      xs = np.arange(len(keys)) + 0.8 * i / max(len(methods), 1)
-      ax.bar(xs, [100 * np.mean([r['top1'] for r in g]) for g in groups],
-             width=0.8 / max(len(methods), 1), label=method,
-             yerr=[100 * np.std([r['top1'] for r in g]) for g in groups])
-      ax.set_xticks(np.arange(len(keys)) + 0.4)
-      ax.set_xticklabels(labels, fontsize=7)
+  teacher_width = max(widths)
+  if '3' in settings['sections'] and few:
+    # Table 2: one group of bars per label fraction, the teacher beside.
+    names = [f'teacher ({teacher_width:g}x)', 'label only'] + [
+        method for method, _ in TARGETS]
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    lowest = 100.0
+    for i, name in enumerate(names):
+      groups = []
+      for fraction in few:
+        if i == 0:
+          groups.append(_teacher_rows(rows, teacher_width, fraction))
+        elif i == 1:
+          groups.append(_distill_matched(rows, _group(
+              rows, method='supervised', width=settings['head_width'],
+              label_fraction=fraction)))
+        else:
+          groups.append(_group(rows, section='3', method=name,
+                               label_fraction=fraction))
+      xs = np.arange(len(few)) + 0.8 * i / len(names)
+      heights = [100 * np.mean([r['top1'] for r in g]) if g else 0
+                 for g in groups]
+      lowest = min([lowest] + [h for h in heights if h])
+      ax.bar(xs, heights, width=0.8 / len(names),
+             label=name.replace(' (supervised from scratch)', ''))
+    ax.set_xticks(np.arange(len(few)) + 0.4 - 0.4 / len(names))
+    ax.set_xticklabels([f'{100 * f:g}% labels' for f in few])
     ax.set_ylabel('top-1 on test (%)')
+    ax.set_title(f'Which targets teach a {settings["head_width"]:g}x student')
+    ax.set_ylim(bottom=max(0, 10 * int(lowest // 10) - 10))
     ax.grid(True, axis='y', alpha=0.3)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.1),
+              ncol=2)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, f'{name}.png'), dpi=120)
+    fig.savefig(os.path.join(out, 'targets.png'), dpi=120)
+    plt.close(fig)
+  if '4' in settings['sections'] and few:
+    # Table 3: each width distilled, fine-tuned on its own and trained from
+    # scratch, against parameters; the teacher as a line.
+    fig, axes = plt.subplots(1, len(few), figsize=(4.5 * len(few), 3.8),
+                             squeeze=False)
+    for ax, fraction in zip(axes[0], few):
+      for label, method, style, pick in (
+          (f'distilled from {teacher_width:g}x', 'simclr_distill', '-',
+           lambda g: g),
+          ('its own SimCLR fine-tuning', 'simclr_finetune', '--',
+           lambda g: _distill_matched(rows, g)),
+          ('supervised from scratch', 'supervised', ':',
+           lambda g: _distill_matched(rows, g))):
+        groups = [pick(_group(
+            rows, method=method, width=w, label_fraction=fraction,
+            **({'section': '4'} if method == 'simclr_distill' else
+               _plain(method)))) for w in widths]
+        xs = [g[0]['params'] if g else 0 for g in groups]
+        errorbar(ax, xs, groups, linestyle=style, label=label)
+      teacher = _teacher_rows(rows, teacher_width, fraction)
+      if teacher:
+        ax.axhline(100 * np.mean([r['top1'] for r in teacher]),
+                   color='grey', linewidth=0.8, label='teacher')
+      ax.set_xscale('log')
+      ax.set_xlabel('student parameters')
+      ax.set_ylabel('top-1 on test (%)')
+      ax.set_title(f'{100 * fraction:g}% labels')
+      ax.grid(True, alpha=0.3)
+      ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, 'distillation.png'), dpi=120)
     plt.close(fig)
 
 
