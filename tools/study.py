@@ -399,22 +399,28 @@ def head_section(rows, head_layers, fractions, width):
   return '\n'.join(lines)
 
 
+def _target_rows(rows, fraction, teacher_width, student_width):
+  """[(name, rows)] of Table 2 at `fraction`: the teacher, label only, then
+  each of TARGETS (the table and the plot both read this)."""
+  return ([(f'teacher: SimCLR fine-tuned {teacher_width:g}x',
+            _teacher_rows(rows, teacher_width, fraction)),
+           (LABEL_ONLY, _distill_matched(rows, _group(
+               rows, method='supervised', width=student_width,
+               label_fraction=fraction)))] +
+          [(method, _group(rows, section='3', method=method,
+                           label_fraction=fraction))
+           for method, _ in TARGETS])
+
+
 def targets_section(rows, fractions, teacher_width, student_width):
   header = '| targets | ' + ' | '.join(f'{100 * f:g}% labels'
                                       for f in fractions) + ' |'
   lines = [header, '|---|' + '---|' * len(fractions)]
-  teacher = [_cell(_teacher_rows(rows, teacher_width, f)) for f in fractions]
-  lines.append(f'| teacher: SimCLR fine-tuned {teacher_width:g}x | ' +
-               ' | '.join(teacher) + ' |')
-  label_only = [_cell(_distill_matched(
-      rows, _group(rows, method='supervised', width=student_width,
-                   label_fraction=f)))
-                for f in fractions]
-  lines.append(f'| {LABEL_ONLY} | ' + ' | '.join(label_only) + ' |')
-  for method, _ in TARGETS:
-    cells = [_cell(_group(rows, section='3', method=method,
-                          label_fraction=f)) for f in fractions]
-    lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
+  columns = [_target_rows(rows, f, teacher_width, student_width)
+             for f in fractions]
+  for i, (name, _) in enumerate(columns[0] if columns else []):
+    lines.append(f'| {name} | ' + ' | '.join(
+        _cell(column[i][1]) for column in columns) + ' |')
   return '\n'.join(lines)
 
 
@@ -437,6 +443,20 @@ def _distill_matched(rows, candidates):
   return matched
 
 
+def _student_rows(rows, width, fraction):
+  """(distilled, its own SimCLR fine-tuning, its supervised training) of the
+  `width` student at `fraction`, the last two on the students' subsets (the
+  table and the plot both read this)."""
+  distilled = _group(rows, section='4', method='simclr_distill', width=width,
+                     label_fraction=fraction)
+  own = _distill_matched(rows, _group(
+      rows, method='simclr_finetune', width=width, selector=1, head_layers=3,
+      label_fraction=fraction))
+  supervised = _distill_matched(rows, _group(
+      rows, method='supervised', width=width, label_fraction=fraction))
+  return distilled, own, supervised
+
+
 def distill_section(rows, widths, fractions, teacher_width):
   lines = ['| labels | student width | params | distilled from the '
            f'{teacher_width:g}x teacher | its own SimCLR fine-tuning | '
@@ -445,13 +465,7 @@ def distill_section(rows, widths, fractions, teacher_width):
   for fraction in fractions:
     teacher = _cell(_teacher_rows(rows, teacher_width, fraction))
     for width in widths:
-      distilled = _group(rows, section='4', method='simclr_distill',
-                         width=width, label_fraction=fraction)
-      own = _distill_matched(rows, _group(
-          rows, method='simclr_finetune', width=width, selector=1,
-          head_layers=3, label_fraction=fraction))
-      supervised = _distill_matched(rows, _group(
-          rows, method='supervised', width=width, label_fraction=fraction))
+      distilled, own, supervised = _student_rows(rows, width, fraction)
       params = _params(rows, width)
       name = f'{width:g}x' + (' (self)' if width == teacher_width else '')
       lines.append(f'| {100 * fraction:g}% | {name} | {params} | '
@@ -560,28 +574,20 @@ def plot(rows, out, widths, fractions, settings):
   teacher_width = max(widths)
   if '3' in settings['sections'] and few:
     # Table 2: one group of bars per label fraction, the teacher beside.
-    names = [f'teacher ({teacher_width:g}x)', 'label only'] + [
-        method for method, _ in TARGETS]
+    columns = [_target_rows(rows, f, teacher_width, settings['head_width'])
+               for f in few]
+    names = [name for name, _ in columns[0]]
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     lowest = 100.0
     for i, name in enumerate(names):
-      groups = []
-      for fraction in few:
-        if i == 0:
-          groups.append(_teacher_rows(rows, teacher_width, fraction))
-        elif i == 1:
-          groups.append(_distill_matched(rows, _group(
-              rows, method='supervised', width=settings['head_width'],
-              label_fraction=fraction)))
-        else:
-          groups.append(_group(rows, section='3', method=name,
-                               label_fraction=fraction))
+      groups = [column[i][1] for column in columns]
       xs = np.arange(len(few)) + 0.8 * i / len(names)
       heights = [100 * np.mean([r['top1'] for r in g]) if g else 0
                  for g in groups]
       lowest = min([lowest] + [h for h in heights if h])
       ax.bar(xs, heights, width=0.8 / len(names),
-             label=name.replace(' (supervised from scratch)', ''))
+             label=name.replace(' (supervised from scratch)', '').replace(
+                 'teacher: SimCLR fine-tuned ', 'teacher '))
     ax.set_xticks(np.arange(len(few)) + 0.4 - 0.4 / len(names))
     ax.set_xticklabels([f'{100 * f:g}% labels' for f in few])
     ax.set_ylabel('top-1 on test (%)')
@@ -599,17 +605,12 @@ def plot(rows, out, widths, fractions, settings):
     fig, axes = plt.subplots(1, len(few), figsize=(4.5 * len(few), 3.8),
                              squeeze=False)
     for ax, fraction in zip(axes[0], few):
-      for label, method, style, pick in (
-          (f'distilled from {teacher_width:g}x', 'simclr_distill', '-',
-           lambda g: g),
-          ('its own SimCLR fine-tuning', 'simclr_finetune', '--',
-           lambda g: _distill_matched(rows, g)),
-          ('supervised from scratch', 'supervised', ':',
-           lambda g: _distill_matched(rows, g))):
-        groups = [pick(_group(
-            rows, method=method, width=w, label_fraction=fraction,
-            **({'section': '4'} if method == 'simclr_distill' else
-               _plain(method)))) for w in widths]
+      students = [_student_rows(rows, w, fraction) for w in widths]
+      for k, (label, style) in enumerate((
+          (f'distilled from {teacher_width:g}x', '-'),
+          ('its own SimCLR fine-tuning', '--'),
+          ('supervised from scratch', ':'))):
+        groups = [student[k] for student in students]
         xs = [g[0]['params'] if g else 0 for g in groups]
         errorbar(ax, xs, groups, linestyle=style, label=label)
       teacher = _teacher_rows(rows, teacher_width, fraction)
