@@ -160,3 +160,13 @@ def numpy_gradient(loss_fn, x, step=1e-6):
     minus[index] -= step
     gradient[index] = (loss_fn(plus) - loss_fn(minus)) / (2 * step)
   return gradient
+
+
+@pytest.fixture(scope='session')
+def scripts():
+  """tests/script_runner.py's ScriptRunner: scripts run as forks of one
+  process that imported TensorFlow once (one per test process)."""
+  from script_runner import ScriptRunner  # pylint: disable=g-import-not-at-top
+  runner = ScriptRunner()
+  yield runner
+  runner.close()

@@ -5,8 +5,7 @@ most cases fail before TensorFlow does real work (many before it is
 imported)."""
 
 import os
-import subprocess
-import sys
+import re
 import types
 
 import numpy as np
@@ -266,14 +265,13 @@ CASES = {
 
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_bad_input_is_one_error_line_naming_it_with_exit_code_2(case,
-                                                                places):
+                                                                places,
+                                                                scripts):
   (script, args), named = CASES[case]
   args = [a.format(**places) for a in args]
   named = named.format(**places)
-  proc = subprocess.run(
-      [sys.executable, script_path(script)] + args,
-      capture_output=True, text=True, timeout=300, cwd=ROOT,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  proc = scripts.run(script_path(script), args, cwd=ROOT, timeout=300,
+                     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
   print(f'{script} {" ".join(args)}\n{proc.stderr[-2000:]}')
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
@@ -319,3 +317,45 @@ def test_demo_flag_checks_accept_the_defaults(places):
       types.SimpleNamespace(**dict(DEMO_DEFAULTS, out=out)),
       supported_fractions=(0.01, 0.1))
   assert os.path.isdir(out)
+
+
+FLAG_SCRIPT = ('from absl import app, flags\n'
+               'flags.DEFINE_integer("n", 1, "n")\n'
+               'app.run(lambda argv: print("ran", flags.FLAGS.n))\n')
+
+
+@pytest.mark.parametrize('source, args', [
+    # A flag, a flag error, a stray argument (absl's exit codes and lines).
+    (FLAG_SCRIPT, ['--n=5']),
+    (FLAG_SCRIPT, ['--n=x']),
+    (FLAG_SCRIPT, ['stray']),
+    # An uncaught exception: its traceback, exit 1.
+    ('import sys\nprint("out")\nprint("err", file=sys.stderr)\n'
+     'raise ValueError("boom")\n', []),
+    # sys.exit with a message: the message on stderr, exit 1.
+    ('import sys\nprint("before")\nsys.exit("stopped: a message")\n', []),
+    # TensorFlow at work, then a clean exit.
+    ('import tensorflow as tf\nprint(tf.constant(2) + 3)\n', []),
+])
+def test_script_runner_gives_what_a_fresh_process_gives(source, args,
+                                                        scripts, tmp_path):
+  """tests/script_runner.py against `python script`: the same exit code,
+  stdout and stderr lines, ignoring TensorFlow's C++ log lines (a fresh
+  process logs its start-up)."""
+  script = tmp_path / 'script.py'
+  script.write_text(source)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  forked = scripts.run(str(script), args, env=env, cwd=str(tmp_path))
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  fresh = subprocess.run([sys.executable, str(script)] + args,
+                         capture_output=True, text=True, env=env,
+                         cwd=str(tmp_path), timeout=300)
+
+  def python_lines(text):
+    return [l for l in text.splitlines()
+            if not re.match(r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [EWI] ', l)
+            and not l.startswith('To enable the following instructions')]
+  assert forked.returncode == fresh.returncode
+  assert forked.stdout == fresh.stdout
+  assert python_lines(forked.stderr) == python_lines(fresh.stderr)
