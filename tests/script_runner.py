@@ -168,3 +168,19 @@ class ScriptRunner:
       self._helper.stdin.close()
       self._helper.wait(timeout=60)
     self._tmp.cleanup()
+
+
+_SHARED = []
+
+
+def shared() -> ScriptRunner:
+  """This test process's runner (conftest's `scripts` fixture closes it at
+  the end of the session)."""
+  if not _SHARED:
+    _SHARED.append(ScriptRunner())
+  return _SHARED[0]
+
+
+def close_shared():
+  if _SHARED:
+    _SHARED.pop().close()

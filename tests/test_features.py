@@ -3,8 +3,6 @@ command lines tf2/extract_features.py and tf2/show_embedding.py."""
 
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +15,8 @@ from simclr import features
 from simclr.configs import DataConfig
 from simclr.configs import ModelConfig
 from conftest import reference_dir
+
+import script_runner  # tests/script_runner.py
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 
@@ -160,9 +160,8 @@ def write_model(directory):
 
 def run_script(name, args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'tf2', name)] + args,
-      capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+  return script_runner.shared().run(os.path.join(ROOT, 'tf2', name), args,
+                                    timeout=300, env=env, cwd=ROOT)
 
 
 def numpy_leave_one_out_top1(x, labels, k=200, temperature=0.1):

@@ -5,8 +5,6 @@ command line tf2/knn_eval.py."""
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,6 +16,8 @@ import tensorflow_datasets as tfds
 import simclr
 from simclr import knn
 from simclr.configs import ModelConfig
+
+import script_runner  # tests/script_runner.py
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 NUM_CLASSES = 10
@@ -219,9 +219,8 @@ def write_model(directory):
 
 def run_script(args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'tf2', 'knn_eval.py')] + args,
-      capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+  return script_runner.shared().run(os.path.join(ROOT, 'tf2', 'knn_eval.py'),
+                                    args, timeout=300, env=env, cwd=ROOT)
 
 
 def test_knn_eval_writes_the_numpy_knn_of_the_checkpoint(digits_dir,

@@ -4,8 +4,6 @@ outputs, and the published code's own outputs for a published export."""
 
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -16,6 +14,8 @@ import simclr
 from simclr import onnx_export
 from simclr import paths
 from tests.conftest import reference_dir
+
+import script_runner  # tests/script_runner.py
 
 REPO = os.path.join(os.path.dirname(__file__), '..')
 SCRIPT = os.path.join(REPO, 'tf2', 'export_onnx.py')
@@ -117,8 +117,8 @@ def test_unknown_output_key_and_unwritable_path_are_refused(tmp_path):
 
 
 def run_script(*flags):
-  return subprocess.run([sys.executable, SCRIPT, *flags], capture_output=True,
-                        text=True, cwd=REPO, timeout=300)
+  return script_runner.shared().run(SCRIPT, list(flags), cwd=REPO,
+                                    timeout=300)
 
 
 def test_published_export_converts_and_reproduces_the_published_outputs(

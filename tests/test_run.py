@@ -20,6 +20,8 @@ import simclr
 from simclr.data import digits
 from conftest import TINY_RUN_FLAGS
 
+import script_runner  # tests/script_runner.py
+
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 RUN = os.path.join(ROOT, 'tf2', 'run.py')
 TIMEOUT = 600
@@ -33,8 +35,8 @@ COMMON = TINY_RUN_FLAGS
 def run_cli(args, env=None, check=True):
   """Runs tf2/run.py; returns the completed process (stdout+stderr text)."""
   full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(env or {}))
-  proc = subprocess.run([sys.executable, RUN] + args, capture_output=True,
-                        text=True, timeout=TIMEOUT, env=full_env, cwd=ROOT)
+  proc = script_runner.shared().run(RUN, args, timeout=TIMEOUT, env=full_env,
+                                    cwd=ROOT)
   if check and proc.returncode != 0:
     raise AssertionError(f'run.py failed ({proc.returncode}):\n'
                          f'{proc.stderr[-6000:]}')
