@@ -23,6 +23,8 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
+import script_runner  # noqa: E402  (tests/script_runner.py)
+
 NUM_LOGICAL_CPUS = 2
 SHARED_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared')
 REFERENCE_DIR = os.path.join(SHARED_DIR, 'reference')
@@ -35,9 +37,11 @@ tf.config.set_logical_device_configuration(
 # The slowest files first (end-to-end subprocess runs), in order: with
 # `make test`'s two xdist processes taking whole files in collection order,
 # a slow file collected last ran alone at the end of the suite.
-SLOW_FILES_FIRST = ('test_study.py', 'test_run.py', 'test_semi_supervision.py',
-                    'test_reliability.py', 'test_faq.py', 'test_colabs.py',
-                    'test_console.py', 'test_onnx.py', 'test_bad_input.py')
+SLOW_FILES_FIRST = ('test_run.py', 'test_study.py', 'test_reliability.py',
+                    'test_console.py', 'test_colabs.py',
+                    'test_semi_supervision.py', 'test_knn.py', 'test_faq.py',
+                    'test_tasks.py', 'test_onnx.py', 'test_features.py',
+                    'test_export.py', 'test_bad_input.py')
 
 
 def pytest_collection_modifyitems(items):
@@ -162,11 +166,10 @@ def numpy_gradient(loss_fn, x, step=1e-6):
   return gradient
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='session', autouse=True)
 def scripts():
   """tests/script_runner.py's ScriptRunner: scripts run as forks of one
-  process that imported TensorFlow once (one per test process)."""
-  from script_runner import ScriptRunner  # pylint: disable=g-import-not-at-top
-  runner = ScriptRunner()
-  yield runner
-  runner.close()
+  process that imported TensorFlow once (one per test process; its helper
+  starts on the first run)."""
+  yield script_runner.shared()
+  script_runner.close_shared()
