@@ -45,6 +45,7 @@ IMPORT_TIME = ('TF_CPP_MIN_LOG_LEVEL', 'TF_USE_LEGACY_KERAS',
 # register no atexit work of their own.
 _HELPER = r'''
 import json, logging, os, runpy, sys, traceback
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')  # As tf2/cli_checks.py.
 import numpy, PIL.Image
 import tensorflow, tf_keras, tensorflow_datasets
 import simclr.tasks.runner, simclr.checkpoints, simclr.features, simclr.knn

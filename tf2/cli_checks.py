@@ -10,9 +10,15 @@
   its main() turns it into that line.
 - check_demo_flags: the checks of tools/demo.py's flags, kept here so that the
   demo's main() needs one call.
+
+Importing this module (every script does, before it imports TensorFlow) sets
+TF_USE_LEGACY_KERAS=1 unless it is set: the project uses the Keras 2 API
+(tf_keras) only, and without it `import tensorflow` also loads Keras 3 and
+what Keras 3 imports (2 s of each script's start on a 2-core AMD EPYC).
 """
 
 import math
+import os
 import sys
 from typing import Any, Callable, Iterable, List, NoReturn
 
@@ -20,6 +26,8 @@ from absl import app
 from absl import flags
 
 from simclr import paths
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 
 class BadInput(ValueError):
