@@ -31,9 +31,12 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('configs', ['r18_32', 'r50_224'],
+flags.DEFINE_list('configs', ['r18_32', 'r50_224', 'demo_16'],
                   'r18_32: ResNet-18 CIFAR stem, 32x32, batch 128; r50_224: '
-                  'ResNet-50, 224x224, batch 16.')
+                  'ResNet-50, 224x224, batch 16; demo_16: the pretraining '
+                  'stage of make demo (ResNet-18 0.25x, 16x16, batch 128, '
+                  'its LARS learning rate and temperature; the published '
+                  'code has no fractional widths).')
 flags.DEFINE_list('precisions', ['float32', 'bfloat16'], 'Precisions.')
 flags.DEFINE_list('xla', ['false', 'true'], 'jit_compile settings.')
 flags.DEFINE_integer('steps', 0, 'Timed steps per setting (0: about '
@@ -60,6 +63,11 @@ PUBLISHED = {'r18_32': 94.0, 'r50_224': 8.9}
 SETTINGS = {
     'r18_32': dict(depth=18, image_size=32, batch=128),
     'r50_224': dict(depth=50, image_size=224, batch=16),
+    # tools/experiment.py's TEACHER, IMAGE_SIZE and PRETRAIN.
+    'demo_16': dict(depth=18, image_size=16, batch=128, width=0.25,
+                    flags=dict(learning_rate=1.0,
+                               learning_rate_scaling='linear',
+                               weight_decay=1e-4, temperature=0.5)),
 }
 
 
@@ -92,8 +100,9 @@ def build_step(config_name, precision, xla):
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   configs = configs_from_values(dict(
       train_mode='pretrain', resnet_depth=setting['depth'], image_size=size,
-      train_batch_size=batch, train_steps=1000, jit_compile=xla,
-      precision=precision))
+      width_multiplier=setting.get('width', 1.0), train_batch_size=batch,
+      train_steps=1000, jit_compile=xla, precision=precision,
+      **setting.get('flags', {})))
   task = PretrainTask(configs, num_classes=10)
   # The state and trainer a run builds (float16: with loss scaling).
   state = build_training_state(configs, task, strategy,
@@ -219,7 +228,8 @@ def matmul_peak():
 
 def input_throughput(seconds=8.0):
   """Augmented pretraining pairs/s of the project's pipeline at 32 (digits,
-  batch 128) and 224 (JPEG photos, batch 16)."""
+  batch 128), at the demo's 16 and augmentation, and at 224 (JPEG photos,
+  batch 16)."""
   from simclr import data  # pylint: disable=g-import-not-at-top
   from tools import bench_utils  # pylint: disable=g-import-not-at-top
   out = {}
@@ -228,6 +238,12 @@ def input_throughput(seconds=8.0):
         dataset='digits', data_dir=os.path.join(tmp, 'tfds'), image_size=32,
         train_batch_size=128, eval_split='test', use_blur=True))
     out['r18_32'] = bench_utils.rate(inputs.dataset('views'), 128, seconds)
+    # The demo's pipeline (tools/experiment.py's IMAGE_SIZE and AUGMENT).
+    inputs = data.Inputs(data.DataConfig(
+        dataset='digits', data_dir=os.path.join(tmp, 'tfds'), image_size=16,
+        train_batch_size=128, eval_split='test', crop_min_area=0.3,
+        use_flip=False, color_jitter_strength=0.5, use_blur=False))
+    out['demo_16'] = bench_utils.rate(inputs.dataset('views'), 128, seconds)
     folder = os.path.join(tmp, 'photos')
     bench_utils.photo_folder(folder)
     inputs = data.Inputs(data.DataConfig(
@@ -316,7 +332,8 @@ def main(argv):
               [_child(f'--one={config_name},{precision},{xla}')])
         rows.append(row or dict(config=config_name, precision=precision,
                                 xla=xla == 'true', failed=True))
-    if FLAGS.published_tf2_dir and config_name not in published:
+    if (FLAGS.published_tf2_dir and config_name in PUBLISHED and
+        config_name not in published):
       _, published[config_name] = _alternating(config_name, ours=False)
   pipeline = input_throughput() if FLAGS.input else {}
   if pipeline:
@@ -335,7 +352,7 @@ def _alternating(config_name, ours):
     row = _child(f'--one={config_name},float32,false') if ours else None
     if row:
       runs.append(row)
-    if FLAGS.published_tf2_dir:
+    if FLAGS.published_tf2_dir and config_name in PUBLISHED:
       result = _child(f'--one_published={config_name}',
                       f'--published_tf2_dir={FLAGS.published_tf2_dir}',
                       TF_USE_LEGACY_KERAS='1')
@@ -398,7 +415,9 @@ def _spread(values, fmt):
 
 
 LABELS = {'r18_32': 'ResNet-18 CIFAR 32x32, batch 128',
-          'r50_224': 'ResNet-50 224x224, batch 16'}
+          'r50_224': 'ResNet-50 224x224, batch 16',
+          'demo_16': 'make demo\'s pretraining: ResNet-18 0.25x 16x16, '
+                     'batch 128'}
 
 
 def write_results(rows, peak, pipeline, model_name, cores, cpu_flags,
@@ -445,6 +464,8 @@ def write_results(rows, peak, pipeline, model_name, cores, cpu_flags,
     pipe_text = f'{2 * pipe:.0f}' if pipe else '-'
     if row.get('pair_ratios'):
       versus = _spread(row['pair_ratios'], '{:.2f}x')
+    elif row['config'] not in reference:
+      versus = '-'
     else:
       versus = f'{row["images_per_second"] / reference[row["config"]]:.2f}x'
     lines.append(

@@ -90,6 +90,10 @@ def main(argv):
   if FLAGS.profile_steps < 1:
     cli_checks.fail(f'--profile_steps={FLAGS.profile_steps}: expected >= 1')
   published = bool(FLAGS.published_tf2_dir)
+  if published and FLAGS.config not in bench.PUBLISHED:
+    cli_checks.fail(f'--config={FLAGS.config} with --published_tf2_dir: the '
+                    f'published code has no fractional widths; profile it '
+                    f'with one of {", ".join(bench.PUBLISHED)}')
   if published:
     try:
       paths.check_input_dir(FLAGS.published_tf2_dir)
