@@ -15,8 +15,6 @@ os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 import contextlib  # noqa: E402
 import fcntl  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -114,11 +112,10 @@ def shared_pretrain(tmp_path_factory, digits_dir):
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not (model_dir / 'result.json').exists():
       run = os.path.join(os.path.dirname(__file__), '..', 'tf2', 'run.py')
-      proc = subprocess.run(
-          [sys.executable, run] + SHARED_PRETRAIN_FLAGS +
+      proc = script_runner.shared().run(
+          run, SHARED_PRETRAIN_FLAGS +
           [f'--data_dir={digits_dir}', f'--model_dir={model_dir}'],
-          capture_output=True, text=True, timeout=900,
-          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+          timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
       if proc.returncode:
         shutil.rmtree(model_dir, ignore_errors=True)  # No half run reused.
         raise AssertionError(f'the shared pretraining failed '
