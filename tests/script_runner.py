@@ -62,8 +62,10 @@ for line in requests:
     os.environ.clear()
     os.environ.update(request['env'])
     for fd, path, flags in ((0, os.devnull, os.O_RDONLY),
-                            (1, request['stdout'], os.O_WRONLY | os.O_TRUNC),
-                            (2, request['stderr'], os.O_WRONLY | os.O_TRUNC)):
+                            (1, request['stdout'], os.O_WRONLY | os.O_CREAT
+                             | os.O_TRUNC),
+                            (2, request['stderr'], os.O_WRONLY | os.O_CREAT
+                             | os.O_TRUNC)):
       opened = os.open(path, flags)
       os.dup2(opened, fd)
       os.close(opened)
@@ -128,8 +130,6 @@ class ScriptRunner:
       self._start()
     out = os.path.join(self._tmp.name, 'stdout')
     err = os.path.join(self._tmp.name, 'stderr')
-    for path in (out, err):
-      open(path, 'w').close()
     self._helper.stdin.write((json.dumps(dict(
         script=os.path.abspath(script), args=list(args), env=env, cwd=cwd,
         stdout=out, stderr=err)) + '\n').encode())

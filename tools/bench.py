@@ -30,6 +30,8 @@ from absl import flags
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 
+from tools import experiment  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list('configs', ['r18_32', 'r50_224', 'demo_16'],
                   'r18_32: ResNet-18 CIFAR stem, 32x32, batch 128; r50_224: '
@@ -63,11 +65,16 @@ PUBLISHED = {'r18_32': 94.0, 'r50_224': 8.9}
 SETTINGS = {
     'r18_32': dict(depth=18, image_size=32, batch=128),
     'r50_224': dict(depth=50, image_size=224, batch=16),
-    # tools/experiment.py's TEACHER, IMAGE_SIZE and PRETRAIN.
-    'demo_16': dict(depth=18, image_size=16, batch=128, width=0.25,
-                    flags=dict(learning_rate=1.0,
-                               learning_rate_scaling='linear',
-                               weight_decay=1e-4, temperature=0.5)),
+    # The demo's pretraining stage: tools/experiment.py's TEACHER, IMAGE_SIZE
+    # and PRETRAIN's step settings.
+    'demo_16': dict(
+        depth=experiment.TEACHER['resnet_depth'],
+        width=experiment.TEACHER['width_multiplier'],
+        image_size=experiment.IMAGE_SIZE,
+        batch=experiment.PRETRAIN['train_batch_size'],
+        flags={k: experiment.PRETRAIN[k] for k in (
+            'learning_rate', 'learning_rate_scaling', 'weight_decay',
+            'temperature')}),
 }
 
 
@@ -240,9 +247,9 @@ def input_throughput(seconds=8.0):
     out['r18_32'] = bench_utils.rate(inputs.dataset('views'), 128, seconds)
     # The demo's pipeline (tools/experiment.py's IMAGE_SIZE and AUGMENT).
     inputs = data.Inputs(data.DataConfig(
-        dataset='digits', data_dir=os.path.join(tmp, 'tfds'), image_size=16,
-        train_batch_size=128, eval_split='test', crop_min_area=0.3,
-        use_flip=False, color_jitter_strength=0.5, use_blur=False))
+        dataset='digits', data_dir=os.path.join(tmp, 'tfds'),
+        image_size=experiment.IMAGE_SIZE, train_batch_size=128,
+        eval_split='test', **experiment.AUGMENT))
     out['demo_16'] = bench_utils.rate(inputs.dataset('views'), 128, seconds)
     folder = os.path.join(tmp, 'photos')
     bench_utils.photo_folder(folder)
@@ -332,8 +339,7 @@ def main(argv):
               [_child(f'--one={config_name},{precision},{xla}')])
         rows.append(row or dict(config=config_name, precision=precision,
                                 xla=xla == 'true', failed=True))
-    if (FLAGS.published_tf2_dir and config_name in PUBLISHED and
-        config_name not in published):
+    if FLAGS.published_tf2_dir and config_name not in published:
       _, published[config_name] = _alternating(config_name, ours=False)
   pipeline = input_throughput() if FLAGS.input else {}
   if pipeline:
