@@ -76,7 +76,6 @@ from tools.experiment import AUGMENT  # pylint: disable=g-import-not-at-top,wron
 from tools.experiment import DISTILL, FINETUNE, IMAGE_SIZE, PRETRAIN  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
 from tools.experiment import RAW_KNN_K, RAW_LOGISTIC_C, SUPERVISED  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
 from tools.experiment import SMALL, TEACHER, TEST_SPLIT, TRAIN_SPLIT  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
-from tools.experiment import VALIDATION_SPLITS  # pylint: disable=g-import-not-at-top,wrong-import-position,g-multiple-import
 
 
 def architecture_name(arch):
@@ -102,19 +101,9 @@ class Pipeline:
 
   def flags(self, name, **values):
     """The tf2/run.py flag values of one step (a dict)."""
-    base = dict(
-        dataset='digits', data_dir=self.data_dir,
-        train_split=self.train_split, eval_split=self.eval_split,
-        image_size=IMAGE_SIZE, use_tpu=False, seed=self.seed,
-        label_subset_seed=self.seed, deterministic=True, global_bn=False,
-        eval_batch_size=400, steps_per_loop=50, mode='train_then_eval',
-        export_saved_model=False, model_dir=os.path.join(self.out, name),
-        **TEACHER, **AUGMENT)
-    base.update(values)
-    # One checkpoint, at the end (an epoch of 1% of the digits is less than
-    # a batch: the published default of one per epoch would save every step).
-    base.setdefault('checkpoint_steps', base.get('train_steps', 0))
-    return base
+    return experiment.stage_flags(
+        experiment.DIGITS, self.data_dir, self.train_split, self.eval_split,
+        self.seed, os.path.join(self.out, name), **values)
 
   def add(self, method, arch, fraction, result, params):
     self.rows.append(dict(
@@ -181,16 +170,8 @@ class Pipeline:
 
   def random_encoder(self):
     """Exports a randomly initialised encoder (this seed) and returns it."""
-    import simclr  # pylint: disable=g-import-not-at-top
-    import tf_keras  # pylint: disable=g-import-not-at-top
-    path = os.path.join(self.out, 'random_encoder')
-    if not os.path.isdir(path):
-      tf_keras.utils.set_random_seed(self.seed)
-      model = simclr.build_model(simclr.ModelConfig(
-          **TEACHER, image_size=IMAGE_SIZE, num_classes=None,
-          global_bn=False))
-      simclr.export_saved_model(model, path)
-    return path
+    return experiment.random_encoder(os.path.join(self.out, 'random_encoder'),
+                                     self.seed, TEACHER, IMAGE_SIZE)
 
   def raw_pixels(self, fractions):
     """Logistic regression and k-NN on the 8x8 pixels, with the label
@@ -346,12 +327,8 @@ def run_demo(terminal, out):
   started = time.time()
   if FLAGS.tune:
     from tools import demo_tuning  # pylint: disable=g-import-not-at-top
-    train_split, eval_split = VALIDATION_SPLITS
-    demo_tuning.tune(
-        lambda name: Pipeline(0, os.path.join(out, 'tuning', name),
-                              train_split, eval_split, FLAGS.data_dir,
-                              terminal),
-        steps, out, fractions, groups=FLAGS.tune_groups, say=terminal.say)
+    demo_tuning.tune(experiment.DIGITS, FLAGS.data_dir, steps, out, fractions,
+                     groups=FLAGS.tune_groups, say=terminal.say)
     return
   rows = []
   for seed in [int(s) for s in FLAGS.seeds]:

@@ -1,12 +1,14 @@
-"""`python tools/demo.py --tune`: the validation grids that chose the demo's
-settings. Everything trains on the first 80% of the digits' train split and
-is scored on its last 20% (288 digits); the test split is never read.
+"""The validation grids that chose a recipe's settings (tools/experiment.py):
+`python tools/demo.py --tune` for the digits, `python tools/study.py
+--dataset=fashion_mnist --tune` for Fashion-MNIST. Everything trains on the
+first 80% of the train split and is scored on its last 20% (288 digits;
+12,000 Fashion-MNIST images); the test split is never read.
 
-Each grid varies one group of settings with the others at the demo's values
-(tools/demo.py), in the order the demo depends on them: pretraining (scored by
+Each grid varies one group of settings with the others at the recipe's
+values, in the order the recipe depends on them: pretraining (scored by
 linear classifiers on its frozen features with 1%, 10% and all of the
 labels), fine-tuning, the supervised baseline, distillation and the raw-pixel
-baselines. The winner of each grid is what tools/demo.py uses; the tables go to
+baselines. The winner of each grid is what the recipe uses; the tables go to
 <out>/tuning.md.
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from tools import experiment
 
-# Candidates per grid: {name: settings that replace the demo's}.
+# Candidates per grid: {name: settings that replace the recipe's}.
 PRETRAIN_GRID = {
     'demo settings': {},
     '32x32 pixels, same time': dict(image_size=32, train_steps=150),
@@ -63,6 +65,65 @@ GROUPS = ('pretrain', 'finetune', 'supervised', 'distill', 'raw')
 RAW_C = (0.1, 1.0, 10.0, 100.0)
 RAW_K = (1, 3, 5)
 
+# Fashion-MNIST. Pretraining: image size and width at the same time (the
+# 16x16 0.25x step and the 28x28 0.125x step take the same time on the
+# 2-core AMD EPYC; 28x28 0.25x is 2.2x slower, so it gets 420 steps).
+FASHION_PRETRAIN_GRID = {
+    'recipe: 16x16, 0.25x': {},
+    '28x28, 0.25x, same time': dict(image_size=28, train_steps=420),
+    '28x28, 0.125x, same time': dict(image_size=28, width_multiplier=0.125),
+}
+FASHION_FINETUNE_GRID = {
+    'momentum lr 0.01, whole images (recipe)': {},
+    'momentum lr 0.05, whole images': dict(learning_rate=0.05),
+    'momentum lr 0.01, crops >= 30%': dict(crop_min_area=0.3),
+}
+FASHION_SUPERVISED_GRID = {
+    'adam lr 0.01 x 600 steps, crops >= 30%': dict(
+        optimizer='adam', learning_rate=0.01, train_steps=600,
+        crop_min_area=0.3),
+    'adam lr 0.01 x 1500 steps, crops >= 30%': dict(
+        optimizer='adam', learning_rate=0.01, train_steps=1500,
+        crop_min_area=0.3),
+    'adam lr 0.01 x 1500 steps, whole images': dict(
+        optimizer='adam', learning_rate=0.01, train_steps=1500,
+        crop_min_area=1.0),
+}
+FASHION_DISTILL_GRID = {
+    'tau 1, 600 steps of 128 (recipe)': {},
+    'tau 1, 1200 steps of 128': dict(train_steps=1200),
+}
+GRIDS = {
+    'digits': dict(pretrain=PRETRAIN_GRID, finetune=FINETUNE_GRID,
+                   supervised=SUPERVISED_GRID, distill=DISTILL_GRID,
+                   raw_c=RAW_C, raw_k=RAW_K),
+    'fashion_mnist': dict(pretrain=FASHION_PRETRAIN_GRID,
+                          finetune=FASHION_FINETUNE_GRID,
+                          supervised=FASHION_SUPERVISED_GRID,
+                          distill=FASHION_DISTILL_GRID,
+                          raw_c=(0.01, 0.1, 1.0), raw_k=(1, 5, 10),
+                          # Cross-validated logistic regression on 48,000
+                          # frozen features takes minutes per candidate:
+                          # pretraining is scored where labels are few.
+                          pretrain_fractions=(0.01, 0.1)),
+}
+
+
+class ValidationRun:
+  """Seed 0 of a recipe on experiment.VALIDATION_SPLITS, under `out`."""
+
+  def __init__(self, recipe, out, data_dir):
+    self.recipe = recipe
+    self.out = out
+    self.data_dir = data_dir
+    self.train_split, self.eval_split = experiment.VALIDATION_SPLITS
+    self.seed = 0
+
+  def flags(self, name, **values):
+    return experiment.stage_flags(
+        self.recipe, self.data_dir, self.train_split, self.eval_split,
+        self.seed, os.path.join(self.out, name), **values)
+
 
 def _frozen_feature_scores(pretrain_dir, pipeline, fractions):
   """Top-1 on validation of linear classifiers on the frozen features, with
@@ -73,7 +134,8 @@ def _frozen_feature_scores(pretrain_dir, pipeline, fractions):
   from simclr.models.heads import SupervisedHead  # pylint: disable=g-import-not-at-top
   from simclr.tasks import linear_eval  # pylint: disable=g-import-not-at-top
   model = simclr.load_model(pretrain_dir)
-  config = data.DataConfig(dataset='digits', data_dir=pipeline.data_dir,
+  config = data.DataConfig(dataset=pipeline.recipe.dataset,
+                           data_dir=pipeline.data_dir,
                            image_size=model.config.image_size,
                            eval_batch_size=400)
   train_x, train_y, train_ids = features_lib.extract_features(
@@ -95,34 +157,45 @@ def _frozen_feature_scores(pretrain_dir, pipeline, fractions):
   return scores
 
 
-def _run(values):
-  """The result dict of one stage (experiment.run_stage)."""
-  result, _, _ = experiment.run_stage(values)
+def _run(values, say=None):
+  """The result dict of one stage (experiment.run_stage); say(line): its
+  time and validation top-1 once done."""
+  started = time.time()
+  result, _, reused = experiment.run_stage(values)
+  if say is not None:
+    top1 = (result or {}).get('eval/label_top_1_accuracy')
+    say(f'  {os.path.basename(values["model_dir"])}: '
+        f'{"done before" if reused else f"{time.time() - started:.0f}s"}'
+        + ('' if top1 is None else f', top-1 {100 * top1:.1f}%'))
   return result
 
 
-def _teacher(base, pretrain_dir, fraction, steps):
-  """(model_dir, validation top-1) of the demo's fine-tuned teacher."""
+def _teacher(base, pretrain_dir, fraction, steps, say=None):
+  """(model_dir, validation top-1) of the recipe's fine-tuned teacher."""
+  settings = base.recipe.finetune_settings(fraction)
+  settings['train_steps'] = steps(settings['train_steps'])
   result = _run(base.flags(
       f'teacher_{100 * fraction:g}pct', train_mode='finetune',
-      checkpoint=pretrain_dir, train_label_fraction=fraction,
-      **dict(experiment.FINETUNE,
-             train_steps=steps(experiment.FINETUNE['train_steps']))))
+      checkpoint=pretrain_dir, train_label_fraction=fraction, **settings),
+                say)
   return (os.path.join(base.out, f'teacher_{100 * fraction:g}pct'),
           result['eval/label_top_1_accuracy'])
 
 
-def tune(make_pipeline, steps, out, fractions, groups=GROUPS, say=print):
-  """Runs the grids of `groups`, writing <out>/tuning.md as it goes and
-  showing each section with say(text) as it grows.
-
-  make_pipeline(name): the demo's Pipeline of seed 0 on
-    experiment.VALIDATION_SPLITS, writing under <out>/tuning/<name>;
-  steps(n): a step count of the recipe as the demo runs it (its --scale).
-  """
+def tune(recipe, data_dir, steps, out, fractions, groups=GROUPS, say=print):
+  """Runs the grids of `groups` for `recipe` (experiment.Recipe), writing
+  <out>/tuning.md as it goes and showing each section with say(text) as it
+  grows, and a line per finished run. Stages are written under
+  <out>/tuning/<name>; steps(n): a step count of the recipe as the caller
+  runs it (its --scale)."""
   started = time.time()
   report = []
   all_fractions = list(fractions) + [1.0]
+  grids = GRIDS[recipe.dataset]
+  pretrain_fractions = list(grids.get('pretrain_fractions', all_fractions))
+
+  def make_pipeline(name):
+    return ValidationRun(recipe, os.path.join(out, 'tuning', name), data_dir)
 
   def section(title, header, lines):
     # Rewritten after every candidate: the section so far replaces itself.
@@ -134,55 +207,56 @@ def tune(make_pipeline, steps, out, fractions, groups=GROUPS, say=print):
     say(report[-1])
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, 'tuning.md'), 'w') as f:
-      f.write('# Validation grids of the digits demo\n\nTrained on '
-              'train[:80%], scored on train[80%:] (288 digits), seed 0; '
+      f.write(f'# Validation grids of the {recipe.dataset} recipe\n\n'
+              'Trained on train[:80%], scored on train[80%:], seed 0; '
               'top-1 %.\n\n' + '\n'.join(report))
 
   # Pretraining.
   lines = []
-  for name, changes in PRETRAIN_GRID.items():
+  for name, changes in grids['pretrain'].items():
     if changes and 'pretrain' not in groups:
       continue
     pipeline = make_pipeline('pretrain_' + name.split(' ')[0] +
                              str(len(lines)))
-    augment = {k: changes[k] for k in experiment.AUGMENT if k in changes}
-    size = changes.get('image_size', experiment.IMAGE_SIZE)
+    augment = {k: changes[k] for k in recipe.augment if k in changes}
+    size = changes.get('image_size', recipe.image_size)
     pretrain = {k: v for k, v in changes.items()
                 if k not in augment and k != 'image_size'}
     values = pipeline.flags('pretrain', train_mode='pretrain', mode='train',
-                            **dict(experiment.PRETRAIN, **pretrain))
+                            **dict(recipe.pretrain, **pretrain))
     values.update(augment, image_size=size,
                   train_steps=steps(values['train_steps']))
     values['checkpoint_steps'] = values['train_steps']
-    _run(values)
+    _run(values, say)
     if not changes:
       demo_pretrain_dir = values['model_dir']
     scores = _frozen_feature_scores(values['model_dir'], pipeline,
-                                    all_fractions)
+                                    pretrain_fractions)
     lines.append(f'| {name} | {values["train_steps"]} x {size}x{size} | ' +
                  ' | '.join(
-        f'{100 * scores[f]:.1f}' for f in all_fractions) + ' |')
+        f'{100 * scores[f]:.1f}' for f in pretrain_fractions) + ' |')
     section('Pretraining (linear classifier on frozen features)',
             '| candidate | steps x image | ' + ' | '.join(
-                f'{100 * f:g}% labels' for f in all_fractions) + ' |\n|' +
-            '---|' * (len(all_fractions) + 2), lines)
+                f'{100 * f:g}% labels' for f in pretrain_fractions) + ' |\n|' +
+            '---|' * (len(pretrain_fractions) + 2), lines)
 
   # The downstream grids start from the demo's pretraining (the grid's first
   # candidate).
   base = make_pipeline('base')
   pretrain_dir = demo_pretrain_dir
-  for title, grid, kind in (('Fine-tuning', FINETUNE_GRID, 'finetune'),
+  for title, grid, kind in (('Fine-tuning', grids['finetune'], 'finetune'),
                             ('Supervised baseline from scratch',
-                             SUPERVISED_GRID, 'supervised'),
+                             grids['supervised'], 'supervised'),
                             ('Distillation: self-distilled student, then the '
-                             'smaller one', DISTILL_GRID, 'distill')):
+                             'smaller one', grids['distill'], 'distill')):
     if kind not in groups:
       continue
     lines = []
     columns = [f'{100 * f:g}% labels' for f in fractions]
     if kind == 'distill':
       columns = [f'{who} {c}' for who in ('self', 'small') for c in columns]
-      teachers = [_teacher(base, pretrain_dir, f, steps) for f in fractions]
+      teachers = [_teacher(base, pretrain_dir, f, steps, say)
+                  for f in fractions]
       lines.append('| the fine-tuned teachers | ' + ' | '.join(
           f'{100 * t[1]:.1f}' for t in teachers * 2) + ' |')
     for name, changes in grid.items():
@@ -194,27 +268,28 @@ def tune(make_pipeline, steps, out, fractions, groups=GROUPS, say=print):
             values = base.flags(tag, train_mode='finetune',
                                 checkpoint=pretrain_dir,
                                 train_label_fraction=fraction,
-                                **dict(experiment.FINETUNE, **changes))
+                                **dict(recipe.finetune_settings(fraction),
+                                       **changes))
           elif kind == 'supervised':
             values = base.flags(tag, train_mode='finetune',
                                 train_label_fraction=fraction,
-                                **dict(experiment.FINETUNE, ft_proj_selector=0,
+                                **dict(recipe.supervised_settings(fraction),
                                        **changes))
           elif student == 'self':
             values = base.flags(tag, train_mode='distill',
                                 teacher_checkpoint=teachers[i][0],
                                 checkpoint=pretrain_dir,
                                 train_label_fraction=fraction,
-                                **dict(experiment.DISTILL, **changes))
+                                **dict(recipe.distill, **changes))
           else:
             values = base.flags(tag, train_mode='distill',
                                 teacher_checkpoint=teachers[i][0],
                                 train_label_fraction=fraction,
-                                **dict(experiment.DISTILL, **experiment.SMALL,
+                                **dict(recipe.distill, **recipe.small,
                                        **changes))
           values['train_steps'] = steps(values['train_steps'])
           values['checkpoint_steps'] = values['train_steps']
-          result = _run(values)
+          result = _run(values, say)
           row.append(100 * result['eval/label_top_1_accuracy'])
       lines.append(f'| {name} | ' + ' | '.join(f'{v:.1f}' for v in row) +
                    ' |')
@@ -223,35 +298,38 @@ def tune(make_pipeline, steps, out, fractions, groups=GROUPS, say=print):
 
   # Raw pixels.
   if 'raw' in groups:
-    _raw_grid(base, all_fractions, section)
+    _raw_grid(base, all_fractions, section, grids['raw_c'], grids['raw_k'])
   with open(os.path.join(out, 'tuning.json'), 'w') as f:
     json.dump(dict(seconds=time.time() - started, groups=list(groups)), f)
 
 
-def _raw_grid(base, all_fractions, section):
+def _raw_grid(base, all_fractions, section, raw_c, raw_k):
   """Logistic regression's C and k-NN's k on the raw pixels."""
   from sklearn import linear_model  # pylint: disable=g-import-not-at-top
   from sklearn import neighbors  # pylint: disable=g-import-not-at-top
+  dataset = base.recipe.dataset
+  train = experiment.raw_pixels(base.data_dir, base.train_split, dataset)
+  _, test_x, test_y = experiment.raw_pixels(base.data_dir, base.eval_split,
+                                            dataset)
   lines = []
   for name, make in ([(f'logistic regression C={c}',
                        lambda c=c: linear_model.LogisticRegression(
-                           C=c, max_iter=5000)) for c in RAW_C] +
+                           C=c, max_iter=5000)) for c in raw_c] +
                      [(f'{k}-nearest neighbours',
                        lambda k=k: neighbors.KNeighborsClassifier(k))
-                      for k in RAW_K]):
-    row = [_raw_score(base, fraction, make) for fraction in all_fractions]
+                      for k in raw_k]):
+    row = [_raw_score(train, test_x, test_y, base.seed, fraction, make)
+           for fraction in all_fractions]
     lines.append(f'| {name} | ' + ' | '.join(f'{100 * v:.1f}' for v in row) +
                  ' |')
-  section('Raw-pixel baselines', '| candidate | ' + ' | '.join(
-      f'{100 * f:g}% labels' for f in all_fractions) + ' |\n|' +
-          '---|' * (len(all_fractions) + 1), lines)
+    section('Raw-pixel baselines', '| candidate | ' + ' | '.join(
+        f'{100 * f:g}% labels' for f in all_fractions) + ' |\n|' +
+            '---|' * (len(all_fractions) + 1), lines)
 
 
-def _raw_score(pipeline, fraction, make):
-  ids, x, y = experiment.raw_pixels(pipeline.data_dir, pipeline.train_split)
-  _, test_x, test_y = experiment.raw_pixels(pipeline.data_dir,
-                                            pipeline.eval_split)
-  keep = experiment.label_subset_mask(ids, y, fraction, pipeline.seed)
+def _raw_score(train, test_x, test_y, seed, fraction, make):
+  ids, x, y = train
+  keep = experiment.label_subset_mask(ids, y, fraction, seed)
   classifier = make()
   if getattr(classifier, 'n_neighbors', 0) > keep.sum():
     return float('nan')

@@ -1,8 +1,9 @@
-"""What the demo (tools/demo.py) and the study (tools/study.py) share: running a
+"""What the demo (tools/demo.py) and the study (tools/study.py) share: each
+dataset's recipe (Recipe: every setting, chosen on validation), running a
 stage (one simclr.train configuration) so that a finished stage is not run
-again, the raw-pixel baselines on the digits, grouping rows into means and
-spreads, the stage lines (Progress, through tools/console.py), and where a
-table was made.
+again, the raw-pixel and random-encoder baselines, grouping rows into means
+and spreads, the stage lines (Progress, through tools/console.py), and where
+a table was made.
 
 A stage is resumable: its flag values are written to <model_dir>/stage.json
 when it finishes; a later run with the same values reads result.json
@@ -10,6 +11,7 @@ instead of training again. A stage killed midway resumes from its newest
 checkpoint (simclr.train does that by itself).
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -72,6 +74,152 @@ DISTILL = dict(
 # neighbours k, per label fraction (1.0: all labels).
 RAW_LOGISTIC_C = {0.01: 100.0, 0.1: 1.0, 1.0: 1.0}
 RAW_KNN_K = {0.01: 1, 0.1: 1, 1.0: 1}
+# With every label the study fine-tunes for the supervised baseline's step
+# budget (600 steps, chosen on validation for the baseline): the demo's 100
+# steps were tuned at 1% and 10% only and are 4.5 epochs of all 1,438 digits.
+ALL_LABELS_FINETUNE_STEPS = 600
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """Every setting of the demo / study on one dataset.
+
+  dataset: the --dataset name; teacher / small: architectures (the teacher
+  and self-distilled student, the smaller student); augment: pretraining's
+  (and, unless a stage overrides crop_min_area, every stage's) augmentation;
+  pretrain / finetune / distill: stage settings; finetune_steps and
+  supervised: per label fraction (1.0: every label); raw_logistic_c /
+  raw_knn_k: the raw-pixel baselines per label fraction; study_*: the
+  study's defaults on this dataset.
+  """
+  dataset: str
+  name: str             # 'the digits', in titles
+  test_images: str      # '359 test digits', in titles
+  pixels: str           # what the raw-pixel baselines see
+  image_size: int
+  teacher: Dict[str, Any]
+  small: Dict[str, Any]
+  augment: Dict[str, Any]
+  pretrain: Dict[str, Any]
+  finetune: Dict[str, Any]
+  finetune_steps: Dict[float, int]
+  supervised: Dict[float, Dict[str, Any]]
+  distill: Dict[str, Any]
+  raw_logistic_c: Dict[float, float]
+  raw_knn_k: Dict[float, int]
+  study_widths: Sequence[float]
+  study_sections: Sequence[str]
+  study_subsets: int
+  study_out: str
+
+  def finetune_settings(self, fraction: float) -> Dict[str, Any]:
+    """Fine-tuning's flags at a label fraction."""
+    return dict(self.finetune, train_steps=self.finetune_steps[fraction])
+
+  def supervised_settings(self, fraction: float) -> Dict[str, Any]:
+    """The supervised baseline's flags at a label fraction: fine-tuning's
+    with no pretrained weights (ft_proj_selector=0) and its own optimiser,
+    learning rate, steps and crops."""
+    return dict(self.finetune, ft_proj_selector=0, **self.supervised[fraction])
+
+
+DIGITS = Recipe(
+    dataset='digits', name='the digits', test_images='359 test digits',
+    pixels='8x8 pixels', image_size=IMAGE_SIZE, teacher=TEACHER,
+    small=SMALL, augment=AUGMENT, pretrain=PRETRAIN, finetune=FINETUNE,
+    finetune_steps={0.01: FINETUNE['train_steps'],
+                    0.1: FINETUNE['train_steps'],
+                    1.0: ALL_LABELS_FINETUNE_STEPS},
+    supervised={**SUPERVISED, 1.0: SUPERVISED[0.1]}, distill=DISTILL,
+    raw_logistic_c=RAW_LOGISTIC_C, raw_knn_k=RAW_KNN_K,
+    study_widths=(0.03125, 0.0625, 0.125, 0.25),
+    study_sections=('1', '2', '3', '4'), study_subsets=2,
+    study_out='study_out')
+
+# ---------------------------------------------------------------------------
+# The Fashion-MNIST recipe: 60,000 training images (the unlabeled pool),
+# 10,000 test images, 28x28 grey. Chosen on train[:80%] / train[80%:] by
+# `python tools/study.py --dataset=fashion_mnist --tune`
+# (docs/study_fashion_mnist.md), sized so that one seed of the study runs in
+# about an hour on 2 cores.
+FASHION_MNIST = Recipe(
+    dataset='fashion_mnist', name='Fashion-MNIST',
+    test_images='10,000 test images', pixels='28x28 pixels',
+    image_size=16,
+    teacher=dict(resnet_depth=18, width_multiplier=0.25),
+    # A quarter of the teacher's parameters.
+    small=dict(resnet_depth=18, width_multiplier=0.125),
+    # Clothes stay clothes when mirrored; grey: brightness and contrast.
+    augment=dict(crop_min_area=0.3, use_flip=True, color_jitter_strength=0.5,
+                 use_blur=False),
+    # 900 steps of 128 pairs: about two epochs of the 60,000 images.
+    pretrain=dict(
+        train_batch_size=128, train_steps=900, learning_rate=1.0,
+        learning_rate_scaling='linear', weight_decay=1e-4, warmup_epochs=0.2,
+        temperature=0.5, memory_size=0, lineareval_while_pretraining=True),
+    finetune=dict(
+        train_batch_size=64, optimizer='momentum', learning_rate=0.01,
+        learning_rate_scaling='linear', warmup_epochs=0, weight_decay=0.0,
+        ft_proj_selector=1, crop_min_area=1.0),
+    # About 20 epochs of the 600 labels of 1%, 2 of 6,000, 1.6 of 60,000.
+    finetune_steps={0.01: 200, 0.1: 200, 1.0: 1500},
+    supervised={
+        0.01: dict(optimizer='adam', learning_rate=0.01, train_steps=600,
+                   crop_min_area=0.3),
+        0.1: dict(optimizer='adam', learning_rate=0.01, train_steps=1500,
+                  crop_min_area=0.3),
+        1.0: dict(optimizer='adam', learning_rate=0.01, train_steps=3000,
+                  crop_min_area=0.3),
+    },
+    # 600 steps of 128: 1.3 epochs of the 60,000 images.
+    distill=dict(
+        train_batch_size=128, train_steps=600, optimizer='momentum',
+        learning_rate=0.4, learning_rate_scaling='linear', warmup_epochs=0,
+        weight_decay=0.0, distill_temperature=1.0, distill_alpha=1.0,
+        crop_min_area=0.3),
+    raw_logistic_c={0.01: 0.1, 0.1: 0.1, 1.0: 0.1},
+    raw_knn_k={0.01: 1, 0.1: 5, 1.0: 5},
+    study_widths=(0.125, 0.25), study_sections=('1', '3', '4'),
+    study_subsets=1, study_out='study_fashion_out')
+
+RECIPES = {recipe.dataset: recipe for recipe in (DIGITS, FASHION_MNIST)}
+
+
+def stage_flags(recipe: Recipe, data_dir: str, train_split: str,
+                eval_split: str, seed: int, model_dir: str,
+                **values) -> Dict[str, Any]:
+  """The tf2/run.py flag values of one stage on `recipe`'s dataset: the
+  teacher's architecture and the pretraining augmentation unless `values`
+  say otherwise; one checkpoint, at the end (an epoch of 1% of the digits is
+  less than a batch: the published default of one per epoch would save every
+  step)."""
+  flag_values = dict(
+      dataset=recipe.dataset, data_dir=data_dir, train_split=train_split,
+      eval_split=eval_split, image_size=recipe.image_size, use_tpu=False,
+      seed=seed, label_subset_seed=seed, deterministic=True, global_bn=False,
+      eval_batch_size=400, steps_per_loop=50, mode='train_then_eval',
+      export_saved_model=False, model_dir=model_dir, **recipe.teacher,
+      **recipe.augment)
+  flag_values.update(values)
+  flag_values.setdefault('checkpoint_steps',
+                         flag_values.get('train_steps', 0))
+  return flag_values
+
+
+def random_encoder(path: str, seed: int, architecture: Dict[str, Any],
+                   image_size: int) -> str:
+  """Exports a randomly initialised encoder (weights from `seed`) to path,
+  unless it is there; returns path. Linear evaluation of it is the baseline
+  that says what pretraining adds over the architecture alone."""
+  import simclr  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(path):
+    tf_keras.utils.set_random_seed(seed)
+    model = simclr.build_model(simclr.ModelConfig(
+        **architecture, image_size=image_size, num_classes=None,
+        global_bn=False))
+    simclr.export_saved_model(model, path)
+  return path
 
 
 def _jsonable(values: Dict[str, Any]) -> Dict[str, Any]:
@@ -109,14 +257,29 @@ def run_stage(flag_values: Dict[str, Any], on_progress=None):
   return result, params, False
 
 
-def raw_pixels(data_dir: str, split: str):
-  """(ids [N], the 8x8 digits' pixels float [N, 64] in [0, 1], labels [N])
-  of a digits split, in the split's order."""
+def raw_pixels(data_dir: str, split: str, dataset: str = 'digits'):
+  """(ids [N], pixels float [N, D] in [0, 1], labels [N]) of a split, in the
+  split's order: the digits' original 8x8 scans (64 values; the TFDS images
+  are upsampled from them), other datasets' stored images (one channel when
+  the image is grey: Fashion-MNIST's 784 values)."""
   from simclr.data import datasets  # pylint: disable=g-import-not-at-top
-  from simclr.data import digits  # pylint: disable=g-import-not-at-top
-  ids, labels = datasets.load_source('digits', data_dir).ids_and_labels(split)
-  index = [int(i.split('_')[1]) for i in ids]
-  return np.asarray(ids), digits.load_digits().data[index] / 16.0, labels
+  source = datasets.load_source(dataset, data_dir)
+  if dataset == 'digits':
+    from simclr.data import digits  # pylint: disable=g-import-not-at-top
+    ids, labels = source.ids_and_labels(split)
+    index = [int(i.split('_')[1]) for i in ids]
+    return np.asarray(ids), digits.load_digits().data[index] / 16.0, labels
+  ids, images, labels = [], [], []
+  for batch in source.read(split).batch(4096).as_numpy_iterator():
+    ids.extend(i.decode('utf-8') for i in batch['id'])
+    images.append(batch['image'])
+    labels.append(batch['label'])
+  images = np.concatenate(images)
+  if (images == images[..., :1]).all():
+    images = images[..., :1]  # Grey, repeated into three channels on read.
+  return (np.asarray(ids, dtype=object),
+          images.reshape(len(images), -1).astype(np.float32) / 255.0,
+          np.concatenate(labels))
 
 
 def label_subset_mask(ids, labels, fraction: float, seed: int) -> np.ndarray:
@@ -131,13 +294,14 @@ def label_subset_mask(ids, labels, fraction: float, seed: int) -> np.ndarray:
 
 def raw_pixel_scores(data_dir: str, train_split: str, eval_split: str,
                      fraction: float, subset_seed: int, logistic_c: float,
-                     knn_k: int) -> Dict[str, Dict[str, float]]:
-  """Top-1 / top-5 of logistic regression and k-NN on the raw 8x8 pixels,
-  fitted on the label subset of (fraction, subset_seed)."""
+                     knn_k: int, dataset: str = 'digits'
+                     ) -> Dict[str, Dict[str, float]]:
+  """Top-1 / top-5 of logistic regression and k-NN on the raw pixels
+  (raw_pixels), fitted on the label subset of (fraction, subset_seed)."""
   from sklearn import linear_model  # pylint: disable=g-import-not-at-top
   from sklearn import neighbors  # pylint: disable=g-import-not-at-top
-  train_ids, train_x, train_y = raw_pixels(data_dir, train_split)
-  _, test_x, test_y = raw_pixels(data_dir, eval_split)
+  train_ids, train_x, train_y = raw_pixels(data_dir, train_split, dataset)
+  _, test_x, test_y = raw_pixels(data_dir, eval_split, dataset)
   keep = label_subset_mask(train_ids, train_y, fraction, subset_seed)
   scores = {}
   for method, classifier in (

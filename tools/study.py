@@ -1,5 +1,7 @@
-r"""`make study`: SimCLRv2's own claims measured on the embedded digits, at a
-size a 2-core CPU carries, with the demo's baselines beside every row.
+r"""`make study`: SimCLRv2's own claims measured on the embedded digits (and,
+with --dataset=fashion_mnist, on Fashion-MNIST's 60,000 images: `make
+study-fashion`), at a size a 2-core CPU carries, with the demo's baselines
+beside every row.
 
   1. size: bigger networks gain more from pretraining, the more so the fewer
      the labels (SimCLRv2 Figure 1, Table 1, Figure 4). ResNet-18 at several
@@ -19,9 +21,13 @@ size a 2-core CPU carries, with the demo's baselines beside every row.
 
     python tools/study.py                 # make study: seed 0, writes study_out/
     python tools/study.py --seeds=0,1,2   # mean and spread over seeds too
+    python tools/study.py --dataset=fashion_mnist   # study_fashion_out/
+    python tools/study.py --dataset=fashion_mnist --tune   # its recipe's grids
 
-Every setting is the demo's (tools/experiment.py), chosen on the validation
-part of the training split; the test split gives only the final numbers.
+Every setting is the dataset's recipe (tools/experiment.py), chosen on the
+validation part of the training split (--tune shows how); the test split
+gives only the final numbers. Section 1 also has a randomly initialised
+encoder of the largest width under the same linear evaluation.
 A stage whose result exists is not run again: a killed study continues
 where it stopped (run the same command). Outputs: study_out/results.json
 (every row of every seed, the summaries, the machine), study_out/study.md,
@@ -44,29 +50,43 @@ from tools import console  # pylint: disable=g-import-not-at-top,wrong-import-po
 from tools import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('out', os.path.join(ROOT, 'study_out'), 'Output folder.')
+flags.DEFINE_enum('dataset', 'digits', ['digits', 'fashion_mnist'],
+                  'The dataset and its recipe (tools/experiment.py).')
+flags.DEFINE_string('out', None, 'Output folder (default: study_out/ for the '
+                    'digits, study_fashion_out/ for Fashion-MNIST).')
 flags.DEFINE_string('data_dir', None, 'TFDS data_dir (default: '
                     '<out>/tensorflow_datasets).')
 flags.DEFINE_list('seeds', ['0'], 'Seeds of weights, data order and '
                   'augmentation; each seed draws its own label subsets.')
 flags.DEFINE_float('scale', 1.0, 'Multiplies every step count (a quick '
                    'check; the reported study uses 1).')
-flags.DEFINE_list('widths', ['0.03125', '0.0625', '0.125', '0.25'],
+flags.DEFINE_list('widths', None,
                   'ResNet-18 width multipliers of section 1 (the largest is '
-                  'the teacher of sections 3 and 4); the default four span '
-                  '50x in parameters.')
+                  'the teacher of sections 3 and 4; default: the recipe\'s, '
+                  'on the digits 0.03125,0.0625,0.125,0.25, 50x in '
+                  'parameters; on Fashion-MNIST 0.125,0.25).')
 flags.DEFINE_list('label_fractions', ['0.01', '0.1', '1.0'],
                   'Label fractions of section 1 (sections 2-4 use those '
                   'below 1).')
-flags.DEFINE_integer('subsets', 2, 'Label subsets per fraction below 1 in '
-                     'sections 1 and 2 (each seed draws its own).')
+flags.DEFINE_integer('subsets', None, 'Label subsets per fraction below 1 '
+                     'in sections 1 and 2 (each seed draws its own; default: '
+                     'the recipe\'s, 2 on the digits, 1 on Fashion-MNIST).')
 flags.DEFINE_integer('distill_subsets', 1, 'Label subsets per fraction in '
                      'sections 3 and 4 (distillation is the costly part).')
 flags.DEFINE_list('head_layers', ['2', '3', '4'], 'Projection-head depths '
                   'of section 2.')
-flags.DEFINE_float('head_width', 0.125, 'Width of section 2\'s networks and '
-                   'of section 3\'s student.')
-flags.DEFINE_list('sections', ['1', '2', '3', '4'], 'Sections to run.')
+flags.DEFINE_float('head_width', None, 'Width of section 2\'s networks and '
+                   'of section 3\'s student (default: the recipe\'s small '
+                   'student, 0.125).')
+flags.DEFINE_list('sections', None, 'Sections to run (default: the '
+                  'recipe\'s, 1,2,3,4 on the digits, 1,3,4 on '
+                  'Fashion-MNIST).')
+flags.DEFINE_bool('tune', False, 'Run the recipe\'s validation grids '
+                  '(train[:80%] / train[80%:]) instead of the study; writes '
+                  '<out>/tuning.md.')
+flags.DEFINE_list('tune_groups', ['pretrain', 'finetune', 'supervised',
+                                  'distill', 'raw'],
+                  'With --tune: the grids to run.')
 flags.DEFINE_bool('verbose', False, 'Show every log line (absl, TFDS, '
                   'TensorFlow\'s C++ log) on the terminal; without it they '
                   'go to <out>/log.txt.')
@@ -83,11 +103,6 @@ TARGETS = (
      dict(distill_on='all', distill_alpha=1.0)),
 )
 LABEL_ONLY = 'label only (supervised from scratch)'
-# With every label, fine-tuning gets the supervised baseline's step budget
-# (600 steps, chosen on validation for the baseline): the demo's 100 steps
-# were tuned at 1% and 10% only and are 4.5 epochs of all 1,438 digits.
-# docs/study.md says how this was noticed.
-ALL_LABELS_FINETUNE = dict(train_steps=600)
 
 
 def steps(n):
@@ -104,18 +119,21 @@ def pct(fraction):
 
 def stage_cost(values):
   """Relative cost of a stage for the time estimate: a fixed part (tracing,
-  evaluation, export) plus images trained x a width factor."""
+  evaluation, export) plus images trained x a width and pixel factor."""
   width = values.get('width_multiplier', 0.25)
   views = 2 if values.get('train_mode') == 'pretrain' else 1
   images = values.get('train_steps', 0) * values.get('train_batch_size',
                                                      64) * views
-  return 20.0 + images * (0.4 + 8 * width * width) / 1000.0
+  pixels = (values.get('image_size', 16) / 16) ** 2
+  return 20.0 + images * pixels * (0.4 + 8 * width * width) / 1000.0
 
 
 class Study:
   """The stages of one seed, then its rows."""
 
-  def __init__(self, seed, out, data_dir, widths, fractions):
+  def __init__(self, seed, out, data_dir, widths, fractions,
+               recipe=experiment.DIGITS):
+    self.recipe = recipe
     self.seed = seed
     self.out = out
     self.data_dir = data_dir
@@ -124,18 +142,19 @@ class Study:
     self.few = [f for f in fractions if f < 1]
     self.teacher_width = self.widths[-1]
     self.plan = []     # (name, flag values, row builder or None)
+    self.random_encoders = {}  # stage name -> (encoder dir, width)
 
   # -- what to run --------------------------------------------------------
 
   def flags(self, name, width, **values):
     base = dict(
-        dataset='digits', data_dir=self.data_dir,
+        dataset=self.recipe.dataset, data_dir=self.data_dir,
         train_split=experiment.TRAIN_SPLIT, eval_split=experiment.TEST_SPLIT,
-        image_size=experiment.IMAGE_SIZE, use_tpu=False, seed=self.seed,
+        image_size=self.recipe.image_size, use_tpu=False, seed=self.seed,
         deterministic=True, global_bn=False, eval_batch_size=400,
         steps_per_loop=50, mode='train_then_eval', export_saved_model=False,
         model_dir=os.path.join(self.out, name), **arch(width),
-        **experiment.AUGMENT)
+        **self.recipe.augment)
     base.update(values)
     if 'train_steps' in base:
       base['train_steps'] = steps(base['train_steps'])
@@ -174,11 +193,11 @@ class Study:
   def build_plan(self, sections, subsets, distill_subsets, head_layers,
                  head_width):
     self.subset_count = subsets
+    recipe = self.recipe
     def pretrain(width, layers=3):
       name, path = self.pretrain_dir(width, layers)
       self.add(name, self.flags(name, width, train_mode='pretrain',
-                                num_proj_layers=layers,
-                                **experiment.PRETRAIN))
+                                num_proj_layers=layers, **recipe.pretrain))
       return path
 
     def finetune(width, fraction, j, section, layers=3, selector=1):
@@ -188,8 +207,8 @@ class Study:
           checkpoint=pretrain(width, layers), num_proj_layers=layers,
           train_label_fraction=fraction,
           label_subset_seed=self.subset_seed(j),
-          **dict(experiment.FINETUNE, ft_proj_selector=selector,
-                 **(ALL_LABELS_FINETUNE if fraction >= 1 else {}))),
+          **dict(recipe.finetune_settings(fraction),
+                 ft_proj_selector=selector)),
                section=section, method='simclr_finetune', width=width,
                head_layers=layers, selector=selector,
                label_fraction=fraction, subset=j)
@@ -197,12 +216,10 @@ class Study:
 
     def supervised(width, fraction, j, section):
       name = f'supervised_w{width:g}_{pct(fraction)}_s{j}'
-      settings = (experiment.SUPERVISED.get(fraction) or
-                  experiment.SUPERVISED_ALL_LABELS)
       self.add(name, self.flags(
           name, width, train_mode='finetune', train_label_fraction=fraction,
           label_subset_seed=self.subset_seed(j),
-          **dict(experiment.FINETUNE, ft_proj_selector=0, **settings)),
+          **recipe.supervised_settings(fraction)),
                section=section, method='supervised', width=width,
                label_fraction=fraction, subset=j)
       return name
@@ -215,6 +232,17 @@ class Study:
                                   checkpoint=path),
                  section='1', method='simclr_linear_eval', width=width,
                  label_fraction=1.0, subset=0)
+        if width == self.teacher_width:
+          # The same linear evaluation of a randomly initialised encoder:
+          # what the architecture alone gives.
+          name = f'random_linear_eval_w{width:g}'
+          self.random_encoders[name] = (
+              os.path.join(self.out, f'random_encoder_w{width:g}'), width)
+          self.add(name, self.flags(
+              name, width, train_mode='linear_eval',
+              checkpoint=self.random_encoders[name][0]),
+                   section='1', method='random_encoder_linear_eval',
+                   width=width, label_fraction=1.0, subset=0)
         for fraction in self.fractions:
           for j in self.subsets(fraction, subsets):
             finetune(width, fraction, j, '1')
@@ -243,7 +271,7 @@ class Study:
               students.append(('4', 'simclr_distill', width, dict(
                   distill_on='all', distill_alpha=1.0)))
           for section, method, width, changes in students:
-            values = dict(experiment.DISTILL, **changes)
+            values = dict(recipe.distill, **changes)
             extra, tag = {}, ''
             if section == '4' and width == teacher:
               # Self-distillation starts from the teacher's own
@@ -268,6 +296,10 @@ class Study:
     (the outputs are rewritten, so a killed study leaves its tables)."""
     rows = self.raw_pixel_rows(self.subset_count)
     for name, values, stage_rows in self.plan:
+      if name in self.random_encoders:
+        path, width = self.random_encoders[name]
+        experiment.random_encoder(path, self.seed, arch(width),
+                                  self.recipe.image_size)
       def run_one(on_progress, values=values):
         result, params, reused = experiment.run_stage(values, on_progress)
         return (result, params), reused
@@ -288,8 +320,9 @@ class Study:
       for j in self.subsets(fraction, count):
         scores = experiment.raw_pixel_scores(
             self.data_dir, experiment.TRAIN_SPLIT, experiment.TEST_SPLIT,
-            fraction, self.subset_seed(j), experiment.RAW_LOGISTIC_C[fraction],
-            experiment.RAW_KNN_K[fraction])
+            fraction, self.subset_seed(j),
+            self.recipe.raw_logistic_c[fraction],
+            self.recipe.raw_knn_k[fraction], self.recipe.dataset)
         for method, result in scores.items():
           rows.append(dict(section='1', method=method, width=0,
                            label_fraction=fraction, subset=j, seed=self.seed,
@@ -356,6 +389,12 @@ def size_section(rows, widths, fractions):
       lines.append(f'| {100 * fraction:g}% | {method} | - | | '
                    f'{_cell(_group(rows, method=method, label_fraction=fraction))}'
                    f' | | |')
+    random = _group(rows, method='random_encoder_linear_eval',
+                    label_fraction=fraction)
+    if random:
+      lines.append(f'| {100 * fraction:g}% | random encoder '
+                   f'{widths[-1]:g}x | {_params(rows, widths[-1])} | | | | '
+                   f'{_cell(random)} |')
   gains = ['', '| labels | SimCLR: largest - smallest width | supervised: '
            'largest - smallest | best baseline (headroom to 100%) |',
            '|---|---|---|---|']
@@ -480,10 +519,11 @@ def write_outputs(rows, out, seconds, settings, machine):
   few = [f for f in fractions if f < 1]
   sections = settings['sections']
   teacher = widths[-1]
+  recipe = experiment.RECIPES[settings.get('dataset', 'digits')]
   parts = [
-      f'# SimCLRv2\'s claims on the digits (seeds {settings["seeds"]}, '
+      f'# SimCLRv2\'s claims on {recipe.name} (seeds {settings["seeds"]}, '
       f'scale {settings["scale"]:g})\n',
-      f'Top-1 % on the 359 test digits: mean ± standard deviation over '
+      f'Top-1 % on the {recipe.test_images}: mean ± standard deviation over '
       f'seeds x label subsets, (n) runs. Made on: '
       f'{experiment.machine_line(machine)}; {seconds / 60:.1f} minutes.\n']
   if '1' in sections:
@@ -630,10 +670,24 @@ def plot(rows, out, widths, fractions, settings):
 
 # ---------------------------------------------------------------------------
 
-def _check_flags():
+def _recipe_defaults(recipe):
+  """Flags left unset take the recipe's study settings."""
+  if FLAGS.out is None:
+    FLAGS.out = os.path.join(ROOT, recipe.study_out)
+  if FLAGS.widths is None:
+    FLAGS.widths = [f'{w:g}' for w in recipe.study_widths]
+  if FLAGS.sections is None:
+    FLAGS.sections = list(recipe.study_sections)
+  if FLAGS.subsets is None:
+    FLAGS.subsets = recipe.study_subsets
+  if FLAGS.head_width is None:
+    FLAGS.head_width = recipe.small['width_multiplier']
+
+
+def _check_flags(recipe):
   from tf2 import cli_checks  # pylint: disable=g-import-not-at-top
   cli_checks.check_demo_flags(
-      FLAGS, supported_fractions=list(experiment.RAW_LOGISTIC_C))
+      FLAGS, supported_fractions=list(recipe.raw_logistic_c))
   for flag in ('widths', 'head_layers'):
     for value in getattr(FLAGS, flag):
       try:
@@ -655,19 +709,30 @@ def _check_flags():
 
 
 def main(argv):
-  _check_flags()
+  del argv
+  recipe = experiment.RECIPES[FLAGS.dataset]
+  _recipe_defaults(recipe)
+  _check_flags(recipe)
   out = os.path.abspath(FLAGS.out)
   data_dir = FLAGS.data_dir or os.path.join(out, 'tensorflow_datasets')
   os.makedirs(out, exist_ok=True)
   with console.Console(out, FLAGS.verbose, 'study') as terminal:
-    run_study(terminal, out, data_dir)
+    if FLAGS.tune:
+      from tools import demo_tuning  # pylint: disable=g-import-not-at-top
+      demo_tuning.tune(
+          recipe, data_dir, steps, out,
+          [f for f in sorted(float(f) for f in FLAGS.label_fractions)
+           if f < 1], groups=FLAGS.tune_groups, say=terminal.say)
+    else:
+      run_study(terminal, out, data_dir, recipe)
 
 
-def run_study(terminal, out, data_dir):
+def run_study(terminal, out, data_dir, recipe=experiment.DIGITS):
   widths = sorted(float(w) for w in FLAGS.widths)
   fractions = sorted(float(f) for f in FLAGS.label_fractions)
   head_layers = [int(n) for n in FLAGS.head_layers]
-  settings = dict(seeds=[int(s) for s in FLAGS.seeds], scale=FLAGS.scale,
+  settings = dict(dataset=recipe.dataset,
+                  seeds=[int(s) for s in FLAGS.seeds], scale=FLAGS.scale,
                   widths=widths, label_fractions=fractions,
                   subsets=FLAGS.subsets,
                   distill_subsets=FLAGS.distill_subsets,
@@ -676,7 +741,7 @@ def run_study(terminal, out, data_dir):
   studies = []
   for seed in settings['seeds']:
     study = Study(seed, os.path.join(out, f'seed{seed}'), data_dir, widths,
-                  fractions)
+                  fractions, recipe)
     study.build_plan(settings['sections'], FLAGS.subsets,
                      FLAGS.distill_subsets, head_layers, FLAGS.head_width)
     studies.append(study)
