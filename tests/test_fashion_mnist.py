@@ -303,3 +303,88 @@ def test_eval_rows_are_the_test_images_over_255(prepared, files):
     for channel in range(3):
       np.testing.assert_allclose(row[..., channel],
                                  image.astype(np.float32) / 255, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# The study's Fashion-MNIST recipe (tools/experiment.py, tools/study.py).
+
+@pytest.mark.parametrize('split', sorted(NUM_EXAMPLES))
+def test_raw_pixel_baselines_see_the_idx_bytes_and_their_labels(
+    prepared, files, split):
+  sys.path.insert(0, ROOT)
+  from tools import experiment  # pylint: disable=g-import-not-at-top
+  images, labels = files[1][split]
+  expected = {images[i].tobytes(): int(labels[i]) for i in range(len(images))}
+  ids, pixels, got_labels = experiment.raw_pixels(prepared, split,
+                                                  'fashion_mnist')
+  assert pixels.shape == (len(images), 28 * 28)  # One channel: grey.
+  seen = set()
+  for row, label in zip(pixels, got_labels):
+    key = np.round(row * 255).astype(np.uint8).tobytes()
+    assert expected[key] == label
+    seen.add(key)
+  assert seen == set(expected)
+  listed_ids, listed_labels = data.load_source(
+      'fashion_mnist', prepared).ids_and_labels(split)
+  assert list(ids) == list(listed_ids)
+  np.testing.assert_array_equal(got_labels, listed_labels)
+
+
+PLAN = r'''
+import json, sys
+sys.argv = ['study']
+from tools import experiment, study
+study.FLAGS(['study', '--dataset=' + DATASET])
+recipe = experiment.RECIPES[DATASET]
+study._recipe_defaults(recipe)
+s = study.Study(0, '/nowhere', '/nowhere/tfds',
+                [float(w) for w in study.FLAGS.widths],
+                [float(f) for f in study.FLAGS.label_fractions], recipe)
+s.build_plan(study.FLAGS.sections, study.FLAGS.subsets,
+             study.FLAGS.distill_subsets,
+             [int(n) for n in study.FLAGS.head_layers], study.FLAGS.head_width)
+print(json.dumps(dict(plan=[(n, v) for n, v, _ in s.plan],
+                      widths=study.FLAGS.widths,
+                      sections=study.FLAGS.sections)))
+'''
+
+
+@pytest.mark.parametrize('dataset', ['digits', 'fashion_mnist'])
+def test_study_plan_uses_only_each_run_own_labels(dataset):
+  import json  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run(
+      [sys.executable, '-c', f'DATASET = {dataset!r}\n' + PLAN],
+      capture_output=True, text=True, timeout=300, cwd=ROOT,
+      env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  planned = json.loads(proc.stdout.strip().splitlines()[-1])
+  stages = dict(planned['plan'])
+  for name, values in stages.items():
+    assert values['dataset'] == dataset, name
+    assert values['eval_split'] == 'test'
+  if dataset == 'fashion_mnist':
+    assert planned['widths'] == ['0.125', '0.25']
+    assert planned['sections'] == ['1', '3', '4']
+  distills = {n: v for n, v in stages.items() if v['train_mode'] == 'distill'}
+  assert distills
+  for name, values in distills.items():
+    # The student's labels are its teacher's subset (simclr.tasks.distill
+    # takes it from the teacher): a fine-tuning on a fraction below 1, and
+    # the student names no other.
+    teacher = stages[values['teacher_checkpoint'].split('/')[-1]]
+    assert teacher['train_mode'] == 'finetune', name
+    assert teacher['train_label_fraction'] < 1, name
+    assert not teacher.get('checkpoint') or stages[
+        teacher['checkpoint'].split('/')[-1]]['train_mode'] == 'pretrain'
+    for key in ('train_label_fraction', 'label_subset_seed',
+                'label_subset_file', 'allow_other_label_subset'):
+      assert key not in values, (name, key)
+    # A student starts from pretraining (no labels) or from scratch, never
+    # from a run that saw other labels.
+    start = values.get('checkpoint')
+    if start:
+      assert stages[start.split('/')[-1]]['train_mode'] == 'pretrain', name
+  for name, values in stages.items():
+    if values['train_mode'] == 'finetune' and values.get('checkpoint'):
+      assert stages[values['checkpoint'].split('/')[-1]]['train_mode'] == (
+          'pretrain'), name

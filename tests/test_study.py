@@ -48,6 +48,9 @@ def test_every_section_has_its_rows(study):
     assert rows_of(results, method='simclr_linear_eval', width=width)
   for method in ('raw_pixels_logistic_regression', 'raw_pixels_knn'):
     assert rows_of(results, method=method, label_fraction=0.1)
+  # A random encoder of the largest width, under the same linear evaluation.
+  assert [r['width'] for r in rows_of(
+      results, method='random_encoder_linear_eval')] == [0.125]
   for selector in (0, 1):   # Section 2: a one-layer head, both layers.
     assert rows_of(results, method='simclr_finetune', width=0.0625,
                    head_layers=1, selector=selector)
@@ -81,6 +84,8 @@ def test_markdown_cells_are_the_json_means(study):
     line = next(l for l in text.splitlines()
                 if l.startswith(f'| 10% | {width:g}x |'))
     assert cell(simclr) in line and cell(supervised) in line
+  line = next(l for l in text.splitlines() if 'random encoder 0.125x' in l)
+  assert cell(rows_of(results, method='random_encoder_linear_eval')) in line
   # Section 2: one line per layer fine-tuned from.
   for selector, where in ((0, 'head input'), (1, 'layer 1 (output)')):
     rows = rows_of(results, method='simclr_finetune', width=0.0625,

@@ -325,7 +325,11 @@ def test_checkpoint_head_is_reused_only_on_the_layer_it_was_trained_on(
                                      require_supervised_head=True)
 
 
-def test_cached_linear_eval_head_gives_the_fitted_logistic_regression():
+@pytest.mark.parametrize('cv_max_examples', [None, 60])
+def test_cached_linear_eval_head_gives_the_fitted_logistic_regression(
+    monkeypatch, cv_max_examples):
+  # With 60: the strength is searched on a sample of half the examples, and
+  # the head must still be the fit to all 120 at that strength.
   from sklearn import linear_model  # pylint: disable=g-import-not-at-top
   from sklearn import pipeline  # pylint: disable=g-import-not-at-top
   from sklearn import preprocessing  # pylint: disable=g-import-not-at-top
@@ -339,6 +343,8 @@ def test_cached_linear_eval_head_gives_the_fitted_logistic_regression():
       1, 10, 0.1, 5, 1, 100] + 50
   head = SupervisedHead(5, False)  # Class 4 never occurs.
   head(tf.zeros([1, 6]))
+  if cv_max_examples:
+    monkeypatch.setattr(linear_eval, 'CV_MAX_EXAMPLES', cv_max_examples)
   chosen = linear_eval.fit_linear_head(head, features, labels)
   assert chosen in linear_eval.CACHED_INVERSE_L2
   reference = pipeline.make_pipeline(

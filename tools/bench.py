@@ -38,7 +38,9 @@ flags.DEFINE_list('configs', ['r18_32', 'r50_224', 'demo_16'],
                   'ResNet-50, 224x224, batch 16; demo_16: the pretraining '
                   'stage of make demo (ResNet-18 0.25x, 16x16, batch 128, '
                   'its LARS learning rate and temperature; the published '
-                  'code has no fractional widths).')
+                  'code has no fractional widths); fashion (not by '
+                  'default): the Fashion-MNIST study\'s pretraining, its '
+                  'input row timed when Debian\'s files are there.')
 flags.DEFINE_list('precisions', ['float32', 'bfloat16'], 'Precisions.')
 flags.DEFINE_list('xla', ['false', 'true'], 'jit_compile settings.')
 flags.DEFINE_integer('steps', 0, 'Timed steps per setting (0: about '
@@ -73,6 +75,15 @@ SETTINGS = {
         image_size=experiment.IMAGE_SIZE,
         batch=experiment.PRETRAIN['train_batch_size'],
         flags={k: experiment.PRETRAIN[k] for k in (
+            'learning_rate', 'learning_rate_scaling', 'weight_decay',
+            'temperature')}),
+    # The Fashion-MNIST study's pretraining (experiment.FASHION_MNIST).
+    'fashion': dict(
+        depth=experiment.FASHION_MNIST.teacher['resnet_depth'],
+        width=experiment.FASHION_MNIST.teacher['width_multiplier'],
+        image_size=experiment.FASHION_MNIST.image_size,
+        batch=experiment.FASHION_MNIST.pretrain['train_batch_size'],
+        flags={k: experiment.FASHION_MNIST.pretrain[k] for k in (
             'learning_rate', 'learning_rate_scaling', 'weight_decay',
             'temperature')}),
 }
@@ -251,6 +262,19 @@ def input_throughput(seconds=8.0):
         image_size=experiment.IMAGE_SIZE, train_batch_size=128,
         eval_split='test', **experiment.AUGMENT))
     out['demo_16'] = bench_utils.rate(inputs.dataset('views'), 128, seconds)
+    # The Fashion-MNIST study's pipeline, when Debian's files are here
+    # (prepared into the temporary data_dir first: about 30 s).
+    from simclr.data import fashion_mnist  # pylint: disable=g-import-not-at-top
+    if not fashion_mnist.missing_files(fashion_mnist.files_dir()):
+      recipe = experiment.FASHION_MNIST
+      inputs = data.Inputs(data.DataConfig(
+          dataset='fashion_mnist', data_dir=os.path.join(tmp, 'tfds'),
+          image_size=recipe.image_size,
+          train_batch_size=recipe.pretrain['train_batch_size'],
+          eval_split='test', **recipe.augment))
+      out['fashion'] = bench_utils.rate(inputs.dataset('views'),
+                                        recipe.pretrain['train_batch_size'],
+                                        seconds)
     folder = os.path.join(tmp, 'photos')
     bench_utils.photo_folder(folder)
     inputs = data.Inputs(data.DataConfig(
@@ -423,7 +447,13 @@ def _spread(values, fmt):
 LABELS = {'r18_32': 'ResNet-18 CIFAR 32x32, batch 128',
           'r50_224': 'ResNet-50 224x224, batch 16',
           'demo_16': 'make demo\'s pretraining: ResNet-18 0.25x 16x16, '
-                     'batch 128'}
+                     'batch 128',
+          'fashion': (
+              'make study-fashion\'s pretraining: ResNet-18 '
+              f'{SETTINGS["fashion"]["width"]:g}x '
+              f'{SETTINGS["fashion"]["image_size"]}x'
+              f'{SETTINGS["fashion"]["image_size"]} (Fashion-MNIST), batch '
+              f'{SETTINGS["fashion"]["batch"]}')}
 
 
 def write_results(rows, peak, pipeline, model_name, cores, cpu_flags,

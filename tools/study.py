@@ -389,12 +389,10 @@ def size_section(rows, widths, fractions):
       lines.append(f'| {100 * fraction:g}% | {method} | - | | '
                    f'{_cell(_group(rows, method=method, label_fraction=fraction))}'
                    f' | | |')
-    random = _group(rows, method='random_encoder_linear_eval',
-                    label_fraction=fraction)
-    if random:
-      lines.append(f'| {100 * fraction:g}% | random encoder '
-                   f'{widths[-1]:g}x | {_params(rows, widths[-1])} | | | | '
-                   f'{_cell(random)} |')
+  random = _group(rows, method='random_encoder_linear_eval')
+  if random:
+    lines.append(f'| 100% | random encoder {widths[-1]:g}x | '
+                 f'{_params(rows, widths[-1])} | | | | {_cell(random)} |')
   gains = ['', '| labels | SimCLR: largest - smallest width | supervised: '
            'largest - smallest | best baseline (headroom to 100%) |',
            '|---|---|---|---|']
