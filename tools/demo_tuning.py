@@ -77,6 +77,9 @@ FASHION_FINETUNE_GRID = {
     'momentum lr 0.01, whole images (recipe)': {},
     'momentum lr 0.05, whole images': dict(learning_rate=0.05),
     'momentum lr 0.01, crops >= 30%': dict(crop_min_area=0.3),
+    'momentum lr 0.01, whole images, 800 steps': dict(train_steps=800),
+    'momentum lr 0.05, whole images, 800 steps': dict(learning_rate=0.05,
+                                                      train_steps=800),
 }
 FASHION_SUPERVISED_GRID = {
     'adam lr 0.01 x 600 steps, crops >= 30%': dict(
