@@ -130,7 +130,8 @@ def test_a_second_run_reuses_every_stage(study, digits_dir):
 
 @pytest.mark.parametrize('flag, named', [
     ('--widths=a', '--widths'), ('--sections=5', '--sections'),
-    ('--head_layers=1.5', '--head_layers'), ('--subsets=0', '--subsets')])
+    ('--head_layers=1.5', '--head_layers'), ('--subsets=0', '--subsets'),
+    ('--dataset=mnist', '--dataset')])
 def test_bad_flags_stop_with_one_line(tmp_path, flag, named):
   proc = subprocess.run([sys.executable, STUDY, f'--out={tmp_path}/o', flag],
                         capture_output=True, text=True, timeout=120)
