@@ -167,13 +167,16 @@ FASHION_MNIST = Recipe(
         learning_rate_scaling='linear', warmup_epochs=0, weight_decay=0.0,
         ft_proj_selector=1, crop_min_area=1.0),
     finetune_steps={0.01: 800, 0.1: 800, 1.0: 3000},
+    # Adam lr 0.01 for 1,500 steps of 64, crops at 1% and whole images at
+    # 10% (validation: 78.1% and 87.0%); with every label (not in the grid)
+    # the 10% setting for 3,000 steps.
     supervised={
-        0.01: dict(optimizer='adam', learning_rate=0.01, train_steps=600,
+        0.01: dict(optimizer='adam', learning_rate=0.01, train_steps=1500,
                    crop_min_area=0.3),
         0.1: dict(optimizer='adam', learning_rate=0.01, train_steps=1500,
-                  crop_min_area=0.3),
+                  crop_min_area=1.0),
         1.0: dict(optimizer='adam', learning_rate=0.01, train_steps=3000,
-                  crop_min_area=0.3),
+                  crop_min_area=1.0),
     },
     # 600 steps of 128: 1.3 epochs of the 60,000 images.
     distill=dict(
@@ -181,6 +184,7 @@ FASHION_MNIST = Recipe(
         learning_rate=0.4, learning_rate_scaling='linear', warmup_epochs=0,
         weight_decay=0.0, distill_temperature=1.0, distill_alpha=1.0,
         crop_min_area=0.3),
+    # Not yet chosen on validation (the raw-pixel grid was still running).
     raw_logistic_c={0.01: 0.1, 0.1: 0.1, 1.0: 0.1},
     raw_knn_k={0.01: 1, 0.1: 5, 1.0: 5},
     study_widths=(0.125, 0.25), study_sections=('1', '3', '4'),
