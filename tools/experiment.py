@@ -184,9 +184,10 @@ FASHION_MNIST = Recipe(
         learning_rate=0.4, learning_rate_scaling='linear', warmup_epochs=0,
         weight_decay=0.0, distill_temperature=1.0, distill_alpha=1.0,
         crop_min_area=0.3),
-    # Not yet chosen on validation (the raw-pixel grid was still running).
+    # Raw pixels (784 grey values / 255): C=0.1 and k=5 at every fraction
+    # (validation: 78.5 / 83.8 / 85.7 and 72.9 / 80.7 / 85.6).
     raw_logistic_c={0.01: 0.1, 0.1: 0.1, 1.0: 0.1},
-    raw_knn_k={0.01: 1, 0.1: 5, 1.0: 5},
+    raw_knn_k={0.01: 5, 0.1: 5, 1.0: 5},
     study_widths=(0.125, 0.25), study_sections=('1', '3', '4'),
     study_subsets=1, study_out='study_fashion_out')
 
