@@ -45,6 +45,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 
 from tools import console  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tools import demo_tuning  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tools import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -62,10 +63,9 @@ flags.DEFINE_list('label_fractions', ['0.01', '0.1'],
 flags.DEFINE_bool('tune', False, 'Run the validation grids that chose the '
                   'settings (train[:80%] / train[80%:]) instead of the demo; '
                   'writes <out>/tuning.md.')
-flags.DEFINE_list('tune_groups', ['pretrain', 'finetune', 'supervised',
-                                  'distill', 'raw'],
-                  'With --tune: the grids to run (pretrain, finetune, '
-                  'supervised, distill, raw).')
+flags.DEFINE_list('tune_groups', list(demo_tuning.GROUPS),
+                  'With --tune: the grids to run (some of '
+                  f'{",".join(demo_tuning.GROUPS)}).')
 flags.DEFINE_bool('verbose', False, 'Show every log line (absl, TFDS, '
                   'TensorFlow\'s C++ log) on the terminal; without it they '
                   'go to <out>/log.txt.')
@@ -326,7 +326,6 @@ def run_demo(terminal, out):
   fractions = [float(f) for f in FLAGS.label_fractions]
   started = time.time()
   if FLAGS.tune:
-    from tools import demo_tuning  # pylint: disable=g-import-not-at-top
     demo_tuning.tune(experiment.DIGITS, FLAGS.data_dir, steps, out, fractions,
                      groups=FLAGS.tune_groups, say=terminal.say)
     return

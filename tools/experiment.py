@@ -95,7 +95,6 @@ class Recipe:
   dataset: str
   name: str             # 'the digits', in titles
   test_images: str      # '359 test digits', in titles
-  pixels: str           # what the raw-pixel baselines see
   image_size: int
   teacher: Dict[str, Any]
   small: Dict[str, Any]
@@ -125,7 +124,7 @@ class Recipe:
 
 DIGITS = Recipe(
     dataset='digits', name='the digits', test_images='359 test digits',
-    pixels='8x8 pixels', image_size=IMAGE_SIZE, teacher=TEACHER,
+    image_size=IMAGE_SIZE, teacher=TEACHER,
     small=SMALL, augment=AUGMENT, pretrain=PRETRAIN, finetune=FINETUNE,
     finetune_steps={0.01: FINETUNE['train_steps'],
                     0.1: FINETUNE['train_steps'],
@@ -144,7 +143,7 @@ DIGITS = Recipe(
 # about an hour on 2 cores.
 FASHION_MNIST = Recipe(
     dataset='fashion_mnist', name='Fashion-MNIST',
-    test_images='10,000 test images', pixels='28x28 pixels',
+    test_images='10,000 test images',
     image_size=16,
     teacher=dict(resnet_depth=18, width_multiplier=0.25),
     # A quarter of the teacher's parameters.

@@ -47,6 +47,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 
 from tools import console  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tools import demo_tuning  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tools import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -84,9 +85,9 @@ flags.DEFINE_list('sections', None, 'Sections to run (default: the '
 flags.DEFINE_bool('tune', False, 'Run the recipe\'s validation grids '
                   '(train[:80%] / train[80%:]) instead of the study; writes '
                   '<out>/tuning.md.')
-flags.DEFINE_list('tune_groups', ['pretrain', 'finetune', 'supervised',
-                                  'distill', 'raw'],
-                  'With --tune: the grids to run.')
+flags.DEFINE_list('tune_groups', list(demo_tuning.GROUPS),
+                  'With --tune: the grids to run (some of '
+                  f'{",".join(demo_tuning.GROUPS)}).')
 flags.DEFINE_bool('verbose', False, 'Show every log line (absl, TFDS, '
                   'TensorFlow\'s C++ log) on the terminal; without it they '
                   'go to <out>/log.txt.')
@@ -732,7 +733,6 @@ def main(argv):
   os.makedirs(out, exist_ok=True)
   with console.Console(out, FLAGS.verbose, 'study') as terminal:
     if FLAGS.tune:
-      from tools import demo_tuning  # pylint: disable=g-import-not-at-top
       demo_tuning.tune(
           recipe, data_dir, steps, out,
           [f for f in sorted(float(f) for f in FLAGS.label_fractions)

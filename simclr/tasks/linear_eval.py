@@ -126,18 +126,20 @@ def fit_linear_head(head, features, labels, seed: int = 0,
   if smallest_class >= 2:
     folds = model_selection.StratifiedKFold(
         min(5, smallest_class), shuffle=True, random_state=seed)
-    search_x, search_y = scaler.transform(features), labels
-    if len(labels) > CV_MAX_EXAMPLES:
+    standardised = scaler.transform(features)
+    sampled = len(labels) > CV_MAX_EXAMPLES
+    search_x, search_y = standardised, labels
+    if sampled:
       search_x, _, search_y, _ = model_selection.train_test_split(
-          search_x, search_y, train_size=CV_MAX_EXAMPLES,
-          stratify=search_y, random_state=seed)
+          standardised, labels, train_size=CV_MAX_EXAMPLES, stratify=labels,
+          random_state=seed)
+    # Without a sample, the search's refit on every example is the classifier.
     search = model_selection.GridSearchCV(
         _logistic_regression(), {'C': list(CACHED_INVERSE_L2)}, cv=folds,
-        refit=len(labels) <= CV_MAX_EXAMPLES).fit(search_x, search_y)
+        refit=not sampled).fit(search_x, search_y)
     inverse_l2 = search.best_params_['C']
-    classifier = (search.best_estimator_ if len(labels) <= CV_MAX_EXAMPLES
-                  else _logistic_regression(C=inverse_l2).fit(
-                      scaler.transform(features), labels))
+    classifier = (_logistic_regression(C=inverse_l2).fit(standardised, labels)
+                  if sampled else search.best_estimator_)
   else:
     inverse_l2 = 1.0
     classifier = _logistic_regression().fit(
