@@ -72,13 +72,15 @@ RAW_K = (1, 3, 5)
 # 0.125x.
 FASHION_PRETRAIN_GRID = {
     'recipe': {},
-    '900 steps': dict(train_steps=900),
-    '2,700 steps': dict(train_steps=2700),
+    '900 steps, jitter 0.5': dict(train_steps=900, color_jitter_strength=0.5),
+    '2,700 steps, jitter 0.5': dict(train_steps=2700,
+                                    color_jitter_strength=0.5),
     # At 900 steps (3 minutes each on the Intel machine): the levers of the
     # contrastive task itself.
-    'temperature 0.2, 900 steps': dict(temperature=0.2, train_steps=900),
-    'crops >= 8% (the paper\'s), 900 steps': dict(crop_min_area=0.08,
-                                                 train_steps=900),
+    'temperature 0.2, 900 steps, jitter 0.5': dict(
+        temperature=0.2, train_steps=900, color_jitter_strength=0.5),
+    'crops >= 8% (the paper\'s), 900 steps, jitter 0.5': dict(
+        crop_min_area=0.08, train_steps=900, color_jitter_strength=0.5),
     'jitter strength 1.0, 900 steps': dict(color_jitter_strength=1.0,
                                            train_steps=900),
 }

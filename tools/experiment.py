@@ -148,12 +148,17 @@ FASHION_MNIST = Recipe(
     teacher=dict(resnet_depth=18, width_multiplier=0.25),
     # A quarter of the teacher's parameters.
     small=dict(resnet_depth=18, width_multiplier=0.125),
-    # Clothes stay clothes when mirrored; grey: brightness and contrast.
-    augment=dict(crop_min_area=0.3, use_flip=True, color_jitter_strength=0.5,
+    # Clothes stay clothes when mirrored; grey: brightness and contrast, at
+    # strength 1.0 (validation, 900 steps: fine-tuned 79.3% / 87.7% at 1% /
+    # 10% against 78.1% / 87.3% at 0.5).
+    augment=dict(crop_min_area=0.3, use_flip=True, color_jitter_strength=1.0,
                  use_blur=False),
-    # 900 steps of 128 pairs: about two epochs of the 60,000 images.
+    # 2,700 steps of 128 pairs: about six epochs of the 60,000 images
+    # (validation, jitter 0.5: fine-tuned 79.1% / 88.2% against 78.1% /
+    # 87.3% after 900 steps; temperature 0.2 and the paper's crops gained
+    # nothing at 900 steps).
     pretrain=dict(
-        train_batch_size=128, train_steps=900, learning_rate=1.0,
+        train_batch_size=128, train_steps=2700, learning_rate=1.0,
         learning_rate_scaling='linear', weight_decay=1e-4, warmup_epochs=0.2,
         temperature=0.5, memory_size=0, lineareval_while_pretraining=True),
     # Momentum lr 0.05 (x 64/256), whole images, 800 steps of 64 at 1% and
