@@ -31,6 +31,10 @@ LARS_EXCLUDED = (BATCH_NORM_PATTERN, BIAS_PATTERN, SUPERVISED_HEAD_PATTERN)
 LearningRate = Union[float, tf_keras.optimizers.schedules.LearningRateSchedule]
 
 
+# The slot Model Garden's LARS makes per variable (its _create_slots).
+LARS_SLOT = 'momentum'
+
+
 def scaled_learning_rate(config: OptimizerConfig, batch_size: int) -> float:
   """The peak learning rate for a global batch of `batch_size` images."""
   if config.learning_rate_scaling == 'linear':
@@ -84,6 +88,26 @@ def build_optimizer(config: OptimizerConfig, learning_rate: LearningRate):
     return tf_keras.optimizers.SGD(learning_rate, config.momentum,
                                    nesterov=True)
   return tf_keras.optimizers.Adam(learning_rate)
+
+
+def create_slots(optimizer, variables):
+  """Makes now every variable `optimizer.apply_gradients` on `variables`
+  would make on its first call (slots, step count, hyperparameters). Made
+  inside the first trace of a train step instead, they make TensorFlow trace
+  the step a second time. Call in the strategy's scope. A mixed-precision
+  wrapper's inner optimizer is the one with slots."""
+  if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+    optimizer = optimizer.inner_optimizer
+  if isinstance(optimizer, lars.LARS):
+    # A legacy Keras optimizer: no build(); the step count and the
+    # hyperparameters are made on first read, and LARS's one slot per
+    # variable by add_slot (which apply_gradients then finds made).
+    optimizer.iterations  # pylint: disable=pointless-statement
+    optimizer.learning_rate  # pylint: disable=pointless-statement
+    for variable in variables:
+      optimizer.add_slot(variable, LARS_SLOT)
+  else:
+    optimizer.build(variables)
 
 
 def weight_decay_loss(model: tf_keras.Model,

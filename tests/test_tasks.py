@@ -357,3 +357,37 @@ def test_cached_linear_eval_head_gives_the_fitted_logistic_regression(
   np.testing.assert_allclose(logits[:, :4], reference.decision_function(
       features), rtol=1e-3, atol=1e-3)
   assert (logits[:, 4] < logits[:, :4].min(1) - 100).all()
+
+
+@pytest.mark.parametrize('values', [
+    dict(train_mode='pretrain', optimizer='lars'),
+    dict(train_mode='finetune', optimizer='momentum', ft_proj_selector=0),
+    dict(train_mode='finetune', optimizer='adam', ft_proj_selector=1),
+], ids=['pretrain-lars', 'finetune-momentum-head-input', 'finetune-adam'])
+def test_the_train_step_is_traced_once(values):
+  """The optimizer's slots exist before the first loop (build.py), so the
+  loop's function creates no variable and TensorFlow traces it once, not a
+  second time; only the layers the loss reaches get slots."""
+  task = make_task(**values)
+  traces = []
+  loss_terms = task.loss_terms
+
+  def counted(*args):
+    traces.append(1)  # Python runs only while TensorFlow traces.
+    return loss_terms(*args)
+
+  task.loss_terms = counted
+  pretrain = values['train_mode'] == 'pretrain'
+  images, labels = images_and_labels(2 * BATCH if pretrain else BATCH)
+  state, _, _, _, trainer = one_step(task, images, labels,
+                                     return_trainer=True)
+  for _ in range(3):
+    trainer.train(tf.constant(2, tf.int32))
+  assert len(traces) == 1
+  assert int(state.global_step.numpy()) == 7
+  head = {id(v) for v in state.model.projection_head.head_layers[
+      values.get('ft_proj_selector', 0):][0].trainable_variables}
+  trained = {id(v) for v in trainer.trained_variables}
+  # Pretraining updates every layer; fine-tuning from the head input none of
+  # the head's, from its first layer not the second.
+  assert head <= trained if pretrain else not head & trained

@@ -1,7 +1,7 @@
 """The SimCLR model: encoder + projection head + supervised head, returning the
 published dict of named tensors."""
 
-from typing import Dict
+from typing import Dict, List
 
 import tensorflow as tf
 import tf_keras
@@ -62,6 +62,17 @@ class SimCLRModel(tf_keras.Model):
       if key in outputs:
         outputs[key] = tf.cast(outputs[key], tf.float32)
     return outputs
+
+
+  def head_layers_after_selector(self) -> List[tf.Variable]:
+    """Trainable variables of the projection-head layers after the one the
+    supervised head reads (ft_proj_selector): no loss but the contrastive
+    one reaches them."""
+    if self.projection_head is None:
+      return []
+    return [v for layer in
+            self.projection_head.head_layers[self.config.ft_proj_selector:]
+            for v in layer.trainable_variables]
 
 
 def build_model(config: ModelConfig, build: bool = True) -> SimCLRModel:

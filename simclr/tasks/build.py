@@ -46,6 +46,9 @@ def build_training_state(configs: RunConfigs, task: Task,
                           learning_rate=learning_rate)
     state.global_step  # pylint: disable=pointless-statement
     state.extras = task.extra_state(state)
+    # Every variable exists before the train step is first traced: it is
+    # traced once, not twice.
+    optimization.create_slots(optimizer, task.trained_variables(state))
   return state
 
 

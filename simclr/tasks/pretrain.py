@@ -91,6 +91,10 @@ class PretrainTask(Task):
                                     state.model.config.proj_out_dim),
     }
 
+  def trained_variables(self, state):
+    # The contrastive loss reaches every layer of the projection head.
+    return list(state.model.trainable_variables)
+
   def metric_names(self) -> List[str]:
     names = ['contrast_loss', 'contrast_acc', 'contrast_entropy']
     if self.linear_head:

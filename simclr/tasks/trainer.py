@@ -46,6 +46,9 @@ class Trainer(orbit.StandardTrainer):
           name: tf_keras.metrics.Mean(f'train/{name}')
           for name in ['total_loss', 'weight_decay'] + task.metric_names()
       }
+    # What the step updates, the optimizer's slots made for them
+    # (build.build_training_state).
+    self.trained_variables = task.trained_variables(state)
     step = self._replica_step
     if jit_compile:
       step = tf.function(step, jit_compile=True)
@@ -109,12 +112,11 @@ class Trainer(orbit.StandardTrainer):
       scaled_loss = loss / num_replicas
       if scaled:
         scaled_loss = optimizer.get_scaled_loss(scaled_loss)
-    variables = model.trainable_variables
-    grads = tape.gradient(scaled_loss, variables)
-    # Variables the loss does not reach (the projection head when the
-    # classifier reads the head input) get no update, as the optimizer would
-    # do itself after a warning in every trace.
-    pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+    grads = tape.gradient(scaled_loss, self.trained_variables)
+    # A variable the loss does not reach gets no update, as the optimizer
+    # would do itself after a warning in every trace.
+    pairs = [(g, v) for g, v in zip(grads, self.trained_variables)
+             if g is not None]
     if scaled:
       unscaled = optimizer.get_unscaled_gradients([g for g, _ in pairs])
       pairs = list(zip(unscaled, [v for _, v in pairs]))
