@@ -64,7 +64,7 @@ class SimCLRModel(tf_keras.Model):
     return outputs
 
 
-  def head_layers_after_selector(self) -> List[tf.Variable]:
+  def head_variables_after_selector(self) -> List[tf.Variable]:
     """Trainable variables of the projection-head layers after the one the
     supervised head reads (ft_proj_selector): no loss but the contrastive
     one reaches them."""

@@ -155,7 +155,7 @@ class Task:
     task's losses reach. By default the supervised head's loss: not the
     projection-head layers after the one it reads. The optimizer's slots
     are made for exactly these before the first step (build.py)."""
-    unused = {id(v) for v in state.model.head_layers_after_selector()}
+    unused = {id(v) for v in state.model.head_variables_after_selector()}
     return [v for v in state.model.trainable_variables if id(v) not in unused]
 
   # -- inside the train step ------------------------------------------------
