@@ -51,12 +51,17 @@ class TrainingState:
     float16 (build.py).
   learning_rate: the optimizer's schedule (step -> rate), for the trainer's
     learning_rate metric; not checkpointed (rebuilt from the configs).
+  trained_variables: what a step updates (Task.trained_variables), chosen
+    once when the state is built: the optimizer's slots are made for these
+    and the trainer takes gradients for these (build.py).
   """
   model: SimCLRModel
   optimizer: Union[tf_keras.optimizers.Optimizer,
                    tf_keras.optimizers.legacy.Optimizer]
   extras: Dict[str, tf.Module] = dataclasses.field(default_factory=dict)
   learning_rate: Any = None
+  trained_variables: List[tf.Variable] = dataclasses.field(
+      default_factory=list)
 
   @property
   def global_step(self) -> tf.Variable:

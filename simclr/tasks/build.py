@@ -48,7 +48,8 @@ def build_training_state(configs: RunConfigs, task: Task,
     state.extras = task.extra_state(state)
     # Every variable exists before the train step is first traced: it is
     # traced once, not twice.
-    optimization.create_slots(optimizer, task.trained_variables(state))
+    state.trained_variables = task.trained_variables(state)
+    optimization.create_slots(optimizer, state.trained_variables)
   return state
 
 

@@ -48,7 +48,10 @@ class Trainer(orbit.StandardTrainer):
       }
     # What the step updates, the optimizer's slots made for them
     # (build.build_training_state).
-    self.trained_variables = task.trained_variables(state)
+    self.trained_variables = state.trained_variables
+    if not self.trained_variables:
+      raise ValueError('the training state names no trained variables: '
+                       'build it with build.build_training_state')
     step = self._replica_step
     if jit_compile:
       step = tf.function(step, jit_compile=True)
