@@ -139,3 +139,42 @@ def test_bad_flags_stop_with_one_line(tmp_path, flag, named):
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: ')
   assert named in lines[0]
+
+
+def test_a_stage_whose_settings_changed_starts_afresh(tmp_path, monkeypatch):
+  # experiment.run_stage with training replaced by a recorder: what it finds
+  # in model_dir when it trains, and whether it trains at all.
+  import simclr  # pylint: disable=g-import-not-at-top
+  from tools import experiment  # pylint: disable=g-import-not-at-top
+  model_dir = tmp_path / 'stage'
+  seen = []
+
+  def train(on_progress=None, **values):
+    del on_progress
+    seen.append(sorted(os.listdir(values['model_dir'])))
+    (model_dir / 'result.json').write_text(json.dumps({'top1': 0.5}))
+    return {'top1': 0.5}
+
+  monkeypatch.setattr(simclr, 'train', train)
+  monkeypatch.setattr(simclr, 'load_model', lambda path: None)
+  monkeypatch.setattr(experiment, 'encoder_params', lambda model: 7)
+  old = dict(model_dir=str(model_dir), train_steps=600, learning_rate=0.4)
+  new = dict(old, learning_rate=0.1)
+
+  # Killed midway: stage.json names its settings, a checkpoint is there.
+  model_dir.mkdir()
+  (model_dir / 'stage.json').write_text(json.dumps(
+      {'flags': experiment._jsonable(old)}))  # pylint: disable=protected-access
+  (model_dir / 'ckpt-300.index').write_text('')
+  # The same settings again resume from that checkpoint ...
+  assert experiment.run_stage(old) == ({'top1': 0.5}, 7, False)
+  assert 'ckpt-300.index' in seen[-1]
+  # ... and, finished, are not run a second time.
+  assert experiment.run_stage(old) == ({'top1': 0.5}, 7, True)
+  assert len(seen) == 1
+  # Changed settings never resume from the other configuration's files.
+  (model_dir / 'ckpt-600.index').write_text('')
+  assert experiment.run_stage(new) == ({'top1': 0.5}, 7, False)
+  assert seen[-1] == ['stage.json']
+  recorded = json.loads((model_dir / 'stage.json').read_text())
+  assert recorded == {'flags': experiment._jsonable(new), 'params': 7}  # pylint: disable=protected-access

@@ -6,9 +6,12 @@ and spreads, the stage lines (Progress, through tools/console.py), and where
 a table was made.
 
 A stage is resumable: its flag values are written to <model_dir>/stage.json
-when it finishes; a later run with the same values reads result.json
-instead of training again. A stage killed midway resumes from its newest
-checkpoint (simclr.train does that by itself).
+when it starts and, with its parameter count, when it finishes; a later run
+with the same values reads result.json instead of training again. A stage
+killed midway resumes from its newest checkpoint (simclr.train does that by
+itself). A stage whose values changed (a recipe or grid edited since) starts
+afresh: its model_dir is emptied first, never resumed from the other
+configuration's checkpoints.
 """
 
 import dataclasses
@@ -16,9 +19,11 @@ import json
 import math
 import os
 import platform
+import shutil
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
+from absl import logging
 import numpy as np
 
 from tools import console as console_lib
@@ -256,18 +261,30 @@ def run_stage(flag_values: Dict[str, Any], on_progress=None):
   stage_path = os.path.join(model_dir, STAGE_FILE)
   result_path = os.path.join(model_dir, 'result.json')
   wanted = _jsonable(flag_values)
-  if os.path.exists(stage_path) and os.path.exists(result_path):
+  if os.path.exists(stage_path):
     with open(stage_path) as f:
-      done = json.load(f)
-    if done.get('flags') == wanted:
+      recorded = json.load(f)
+    if recorded.get('flags') != wanted:
+      # Another configuration's checkpoints: resuming from them would mix
+      # two runs (e.g. continue 600 finished steps under a new schedule).
+      logging.warning('%s: the stage\'s settings changed since it ran; '
+                      'starting it afresh', model_dir)
+      shutil.rmtree(model_dir)
+    elif 'params' in recorded and os.path.exists(result_path):
       with open(result_path) as f:
-        return json.load(f), done['params'], True
+        return json.load(f), recorded['params'], True
+  os.makedirs(model_dir, exist_ok=True)
+  _write_stage(stage_path, dict(flags=wanted))
   result = simclr.train(on_progress=on_progress, **flag_values)
   params = encoder_params(simclr.load_model(model_dir))
-  with open(stage_path + '.tmp', 'w') as f:
-    json.dump(dict(flags=wanted, params=params), f, indent=1)
-  os.replace(stage_path + '.tmp', stage_path)
+  _write_stage(stage_path, dict(flags=wanted, params=params))
   return result, params, False
+
+
+def _write_stage(path: str, values: Dict[str, Any]):
+  with open(path + '.tmp', 'w') as f:
+    json.dump(values, f, indent=1)
+  os.replace(path + '.tmp', path)
 
 
 def raw_pixels(data_dir: str, split: str, dataset: str = 'digits'):
