@@ -273,8 +273,10 @@ def run_stage(flag_values: Dict[str, Any], on_progress=None):
     elif 'params' in recorded and os.path.exists(result_path):
       with open(result_path) as f:
         return json.load(f), recorded['params'], True
-  os.makedirs(model_dir, exist_ok=True)
-  _write_stage(stage_path, dict(flags=wanted))
+  if not os.path.exists(model_dir):
+    os.makedirs(model_dir)
+  if os.path.isdir(model_dir):  # Else simclr.train says what is wrong.
+    _write_stage(stage_path, dict(flags=wanted))
   result = simclr.train(on_progress=on_progress, **flag_values)
   params = encoder_params(simclr.load_model(model_dir))
   _write_stage(stage_path, dict(flags=wanted, params=params))
