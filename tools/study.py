@@ -277,7 +277,8 @@ class Study:
             if section == '4' and width == teacher:
               # Self-distillation starts from the teacher's own
               # pretraining, as the demo's (its probe is not reused: it saw
-              # every label).
+              # every label), with the recipe's settings for that student.
+              values.update(recipe.self_distill)
               extra['checkpoint'] = pretrain(width)
               tag = '_self'
             name = (f'distill_w{width:g}_{pct(fraction)}_s{j}_'
