@@ -284,17 +284,11 @@ def run_stage(flag_values: Dict[str, Any], on_progress=None):
   if not os.path.exists(model_dir):
     os.makedirs(model_dir)
   if os.path.isdir(model_dir):  # Else simclr.train says what is wrong.
-    _write_stage(stage_path, dict(flags=wanted))
+    write_json(stage_path, dict(flags=wanted))
   result = simclr.train(on_progress=on_progress, **flag_values)
   params = encoder_params(simclr.load_model(model_dir))
-  _write_stage(stage_path, dict(flags=wanted, params=params))
+  write_json(stage_path, dict(flags=wanted, params=params))
   return result, params, False
-
-
-def _write_stage(path: str, values: Dict[str, Any]):
-  with open(path + '.tmp', 'w') as f:
-    json.dump(values, f, indent=1)
-  os.replace(path + '.tmp', path)
 
 
 def raw_pixels(data_dir: str, split: str, dataset: str = 'digits'):
