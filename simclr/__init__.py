@@ -6,8 +6,19 @@ train. Names are resolved on first use, so that `import simclr.configs`
 """
 
 import importlib
+import os
 
-from simclr.configs import ModelConfig
+# TensorFlow's oneDNN kernels on every x86 CPU, read once when TensorFlow is
+# first imported. TensorFlow 2.20 turns them on by itself only on CPUs with
+# AVX-512 VNNI, AVX-512 BF16 or AMX; elsewhere (an AVX2-only AMD EPYC, say) it
+# uses its Eigen convolutions, whose gradients at the small maps of small
+# images ran up to 17 times slower than the forward pass, and the small
+# networks' training step 2.5 times slower than with oneDNN (bench/NOTES.md).
+# A value the user set, 0 included, is kept. Importing this package before
+# TensorFlow is what applies it; the project's scripts do.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
+
+from simclr.configs import ModelConfig  # noqa: E402  pylint: disable=wrong-import-position
 
 # Public name -> (module, attribute; None for the module itself).
 _LAZY = {

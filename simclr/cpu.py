@@ -43,6 +43,23 @@ def description(path: str = '/proc/cpuinfo'
   return model or platform.processor() or 'unknown', os.cpu_count(), present
 
 
+# TensorFlow (2.9 and later, Linux x86) uses its oneDNN kernels by default only
+# on CPUs with one of these; TF_ENABLE_ONEDNN_OPTS decides otherwise.
+ONEDNN_DEFAULT_FLAGS = ('avx512_vnni', 'avx512_bf16', 'amx_tile')
+
+
+def onednn(path: str = '/proc/cpuinfo') -> bool:
+  """Whether TensorFlow in this process runs its oneDNN kernels: as
+  TF_ENABLE_ONEDNN_OPTS says when it is set (this package sets it to 1 unless
+  the user did, simclr/__init__.py), else TensorFlow's default for this CPU.
+  TensorFlow reads the variable once, at its import."""
+  value = os.environ.get('TF_ENABLE_ONEDNN_OPTS')
+  if value is not None:
+    return value.strip().lower() not in ('0', 'false', 'off', 'no', '')
+  _, flags = _cpuinfo(path)
+  return any(f in (flags or []) for f in ONEDNN_DEFAULT_FLAGS)
+
+
 def bfloat16_speedup(repeats: int = 3) -> float:
   """float32 time / bfloat16 time of a ResNet-like 3x3 convolution (batch 8,
   28x28, 128 -> 128 channels), forward and backward, best of `repeats`:

@@ -12,6 +12,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # imported before this file.)
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
+# Before TensorFlow: the package sets TensorFlow's CPU kernel choice
+# (oneDNN) that every run of the project gets (simclr/__init__.py).
+import simclr  # noqa: E402,F401  pylint: disable=unused-import
+
 import contextlib  # noqa: E402
 import fcntl  # noqa: E402
 import shutil  # noqa: E402

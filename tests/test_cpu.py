@@ -1,8 +1,13 @@
-"""simclr.cpu: the CPU flags recorded with speed figures, and the warning a
-bfloat16 run gives on a CPU without native bfloat16."""
+"""simclr.cpu: the CPU flags recorded with speed figures, the warning a
+bfloat16 run gives on a CPU without native bfloat16, and whether TensorFlow
+runs its oneDNN kernels (set before TensorFlow loads, by every script)."""
 
 import functools
+import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -86,3 +91,65 @@ def test_a_bfloat16_run_on_an_avx2_cpu_logs_the_warning_once(
     tf_keras.mixed_precision.set_global_policy(policy)
   warnings = [r for r in caplog.records if 'AVX512_BF16' in r.getMessage()]
   assert len(warnings) == 1
+
+
+ONEDNN_PROBE = r'''
+import importlib.abc, json, os, runpy, sys
+os.environ.pop('TF_ENABLE_ONEDNN_OPTS', None)
+seen = {}
+class Watch(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name == 'tensorflow' and 'at_tensorflow' not in seen:
+      seen['at_tensorflow'] = os.environ.get('TF_ENABLE_ONEDNN_OPTS')
+    return None
+sys.meta_path.insert(0, Watch())
+sys.argv = [sys.argv[1], '--helpshort']
+try:
+  runpy.run_path(sys.argv[0], run_name='__main__')
+except SystemExit:
+  pass
+print(json.dumps([seen.get('at_tensorflow', 'not imported'),
+                  os.environ.get('TF_ENABLE_ONEDNN_OPTS')]))
+'''
+
+
+def entry_scripts():
+  root = os.path.join(os.path.dirname(__file__), '..')
+  for folder in ('tf2', 'tools'):
+    for name in sorted(os.listdir(os.path.join(root, folder))):
+      path = os.path.join(root, folder, name)
+      with open(path) as f:
+        if name.endswith('.py') and "__name__ == '__main__'" in f.read():
+          yield path
+
+
+def test_onednn_follows_the_variable_and_else_the_cpus_default(
+    tmp_path, monkeypatch):
+  monkeypatch.delenv('TF_ENABLE_ONEDNN_OPTS', raising=False)
+  assert not cpu.onednn(write(tmp_path, AVX2_ONLY))
+  assert cpu.onednn(write(tmp_path, WITH_BF16))
+  assert cpu.onednn(write(tmp_path, WITH_AMX))
+  monkeypatch.setenv('TF_ENABLE_ONEDNN_OPTS', '0')
+  assert not cpu.onednn(write(tmp_path, WITH_BF16))
+  monkeypatch.setenv('TF_ENABLE_ONEDNN_OPTS', '1')
+  assert cpu.onednn(write(tmp_path, AVX2_ONLY))
+
+
+def test_every_script_sets_onednn_before_tensorflow_loads():
+  """TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, at its import: each script
+  of tf2/ and tools/ must import the package (which sets it) first, at module
+  so that its runs use oneDNN on every CPU. Runs each script with
+  --helpshort (absl prints the flags and exits before main) in a fresh
+  interpreter with the variable unset."""
+  late = []
+  for script in entry_scripts():
+    result = subprocess.run(
+        [sys.executable, '-c', ONEDNN_PROBE, script], capture_output=True,
+        text=True, timeout=300,
+        env={k: v for k, v in os.environ.items()
+             if k != 'TF_ENABLE_ONEDNN_OPTS'})
+    assert result.returncode == 0, (script, result.stderr[-2000:])
+    at_tensorflow, after = json.loads(result.stdout.splitlines()[-1])
+    if at_tensorflow not in ('1', 'not imported') or after != '1':
+      late.append((os.path.basename(script), at_tensorflow, after))
+  assert not late, late

@@ -17,7 +17,9 @@ Bad input: one line on stderr naming the flag, exit code 2.
 """
 
 from absl import flags
-import tensorflow as tf
+
+import simclr  # noqa: F401  before TensorFlow: its CPU kernel choice (simclr/__init__.py)
+import tensorflow as tf  # pylint: disable=g-bad-import-order,wrong-import-order
 
 from simclr import data
 from simclr import paths

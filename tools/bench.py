@@ -460,11 +460,14 @@ def write_results(rows, peak, pipeline, model_name, cores, cpu_flags,
                   published):
   """bench/results.md. `published`: config -> the published step's images/s
   of each run."""
+  from simclr import cpu  # pylint: disable=g-import-not-at-top
   lines = [
       '# Benchmark results', '',
       f'Measured {datetime.date.today().isoformat()} by `python tools/bench.py` '
       f'on {model_name}, {cores} cores (CPU flags: {", ".join(cpu_flags)}); '
-      f'TensorFlow {_tf_version()}.', '',
+      f'TensorFlow {_tf_version()}, '
+      f'{"oneDNN" if cpu.onednn() else "Eigen (oneDNN off)"} kernels, for '
+      'our step and the published one alike.', '',
       f'Matmul peak measured in the same run: {peak["float32"]:.0f} GFLOP/s '
       f'float32, {peak["bfloat16"]:.0f} GFLOP/s bfloat16.', '',
       'Pretraining step (forward of both views, NT-Xent, linear head, LARS '

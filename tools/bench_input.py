@@ -27,12 +27,13 @@ import time
 
 from absl import flags
 from absl import logging
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 
+import simclr  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position  before TensorFlow: its CPU kernel choice
+import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow_datasets as tfds  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr import data  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr.data import augment  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 from tools.bench_utils import photo_folder  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position

@@ -381,13 +381,16 @@ def machine() -> Dict[str, Any]:
   from simclr import cpu  # pylint: disable=g-import-not-at-top
   model, cores, flags = cpu.description()
   return dict(cpu=model, cores=cores, cpu_flags=list(flags),
-              tensorflow=tf.__version__, python=platform.python_version())
+              onednn=cpu.onednn(), tensorflow=tf.__version__,
+              python=platform.python_version())
 
 
 def machine_line(info: Dict[str, Any]) -> str:
+  kernels = {True: ', oneDNN kernels', False: ', Eigen kernels (oneDNN off)',
+             None: ''}[info.get('onednn')]
   return (f'{info["cpu"]}, {info["cores"]} cores, flags '
           f'{" ".join(info["cpu_flags"]) or "unknown"}; TensorFlow '
-          f'{info["tensorflow"]}')
+          f'{info["tensorflow"]}{kernels}')
 
 
 class Progress:
