@@ -117,9 +117,11 @@ def entry_scripts():
   root = os.path.join(os.path.dirname(__file__), '..')
   for folder in ('tf2', 'tools'):
     for name in sorted(os.listdir(os.path.join(root, folder))):
+      if not name.endswith('.py'):
+        continue
       path = os.path.join(root, folder, name)
       with open(path) as f:
-        if name.endswith('.py') and "__name__ == '__main__'" in f.read():
+        if "__name__ == '__main__'" in f.read():
           yield path
 
 
@@ -137,8 +139,8 @@ def test_onednn_follows_the_variable_and_else_the_cpus_default(
 
 def test_every_script_sets_onednn_before_tensorflow_loads():
   """TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, at its import: each script
-  of tf2/ and tools/ must import the package (which sets it) first, at module
-  so that its runs use oneDNN on every CPU. Runs each script with
+  of tf2/ and tools/ must import the package (which sets it) before
+  TensorFlow, so that its runs use oneDNN on every CPU. Runs each script with
   --helpshort (absl prints the flags and exits before main) in a fresh
   interpreter with the variable unset."""
   late = []
