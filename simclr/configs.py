@@ -192,6 +192,12 @@ class DataConfig:
   train_batch_size, eval_batch_size: global batch sizes (images; a
     pretraining batch of B images holds 2B views), split over replicas.
   cache_dataset: keep decoded images in memory after the first epoch.
+  input_autotune: let tf.data's autotuner size the pipeline's parallelism and
+    buffers while it runs (as published). Off, each parallel map runs on
+    min(16, CPU cores) threads, and a finished pipeline is released at once:
+    with it on, releasing a pipeline waits for the autotuner's current sleep
+    (measured up to about a minute), a stall wherever one process runs several
+    trainings or evaluations (make demo, the study, a notebook).
   image_size: side of the square model input.
   color_jitter_strength: s in SPEC section 2 (pretraining only); 0 turns
     colour distortion off (jitter and greyscale), as published.
@@ -238,6 +244,7 @@ class DataConfig:
   train_batch_size: int = 512
   eval_batch_size: int = 256
   cache_dataset: bool = False
+  input_autotune: bool = True
   image_size: int = 224
   color_jitter_strength: float = 1.0
   use_blur: bool = True

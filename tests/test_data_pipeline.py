@@ -270,6 +270,20 @@ def test_cached_pipeline_gives_the_same_batches(digits_dir):
   np.testing.assert_array_equal(first(True), first(False))
 
 
+@pytest.mark.parametrize('kind', ['views', 'labeled', 'eval'])
+def test_input_autotune_switches_tf_data_autotuning_and_not_the_batches(
+    digits_dir, kind):
+  def pipeline(autotune):
+    return data.Inputs(digits_config(
+        digits_dir, input_autotune=autotune)).dataset(kind)
+  assert data.DataConfig().input_autotune  # As published: tf.data's default.
+  assert pipeline(True).options().autotune.enabled is True
+  assert pipeline(False).options().autotune.enabled is False
+  # Seeded, the order and the augmentation do not depend on it.
+  first = lambda autotune: next(iter(pipeline(autotune)))[0].numpy()
+  np.testing.assert_array_equal(first(True), first(False))
+
+
 def test_config_rejects_bad_values():
   with pytest.raises(ValueError, match='train_label_fraction'):
     data.DataConfig(train_label_fraction=0.0)

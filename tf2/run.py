@@ -58,6 +58,12 @@ flags.DEFINE_string('dataset', 'imagenet2012',
                     'real data) or "folder:/path/to/images".')
 flags.DEFINE_bool('cache_dataset', False,
                   'Whether to cache the entire dataset in memory.')
+flags.DEFINE_bool('input_autotune', True,
+                  'Let tf.data autotune the input pipeline (as published). '
+                  'Off: parallel maps use min(16, CPU cores) threads and a '
+                  'finished pipeline is released at once instead of after '
+                  'the autotuner\'s sleep (up to about a minute), which '
+                  'matters when one process runs several stages.')
 flags.DEFINE_enum('mode', 'train', configs.RUN_MODES,
                   'Whether to perform training or evaluation.')
 flags.DEFINE_enum('train_mode', 'pretrain', configs.TRAIN_MODES,

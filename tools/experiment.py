@@ -285,7 +285,12 @@ def run_stage(flag_values: Dict[str, Any], on_progress=None):
     os.makedirs(model_dir)
   if os.path.isdir(model_dir):  # Else simclr.train says what is wrong.
     write_json(stage_path, dict(flags=wanted))
-  result = simclr.train(on_progress=on_progress, **flag_values)
+  # Not part of the stage's identity (it changes speed, not results): the
+  # stages share this process, where tf.data's autotuner would make the
+  # release of each finished pipeline wait for its sleep, up to about a
+  # minute at a time (bench/NOTES.md).
+  result = simclr.train(on_progress=on_progress,
+                        **dict(flag_values, input_autotune=False))
   params = encoder_params(simclr.load_model(model_dir))
   write_json(stage_path, dict(flags=wanted, params=params))
   return result, params, False

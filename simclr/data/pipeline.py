@@ -218,6 +218,7 @@ class Inputs:
     # Evaluation keeps the split's order (features line up with the split's
     # ids); training batches may come in any order unless seeded.
     options.deterministic = kind == 'eval' or self.config.seed is not None
+    options.autotune.enabled = self.config.input_autotune
     return dataset.with_options(options)
 
   def _train_dataset(self, kind, context):
