@@ -7,6 +7,7 @@ And the live progress line: what a run's progress callback receives, and
 what a terminal is shown."""
 
 import io
+import json
 import os
 import re
 import shutil
@@ -74,7 +75,15 @@ def test_stdout_holds_only_the_demos_own_lines(quiet_run):
   # A pipe gets no updating progress line.
   assert '\r' not in proc.stdout
   stage_lines = [l for l in lines if l.startswith('  seed 0 ')]
-  assert [l.split()[2].rstrip(':') for l in stage_lines] == list(STAGES)
+  # Two stage processes: each stage's line comes when it finishes, so the
+  # order follows the stages' dependencies, not the list.
+  names = [l.split()[2].rstrip(':') for l in stage_lines]
+  assert sorted(names) == sorted(STAGES)
+  for first, then in (('pretrain', 'linear_eval'),
+                      ('pretrain', 'finetune_10pct'),
+                      ('finetune_10pct', 'self_distill_10pct'),
+                      ('finetune_10pct', 'distill_small_10pct')):
+    assert names.index(first) < names.index(then)
   assert lines[-1].startswith('demo finished in ')
 
 
@@ -107,10 +116,14 @@ def test_verbose_shows_the_log_on_the_terminal(quiet_run):
   out, _ = quiet_run
   trained = r'^I\d{4} .*runner\.py:\d+\] Training distill: '
   before = len(re.findall(trained, (out / 'log.txt').read_text(), re.M))
+  rows = json.loads((out / 'results.json').read_text())['rows']
   # The other stages are reused; this one trains again.
   shutil.rmtree(out / 'seed0' / 'distill_small_10pct')
   proc = run_demo(out, '--verbose')
   assert proc.returncode == 0, proc.stderr[-4000:]
+  # Alone in a new stage process, the stage gives what it gave after other
+  # stages in the first run's processes: every row is the same.
+  assert json.loads((out / 'results.json').read_text())['rows'] == rows
   assert proc.stdout.splitlines()[0] == f'log: {out / "log.txt"}'
   assert len(re.findall(trained, proc.stderr, re.M)) == 1
   # The log file gets this run's Python log too, after the first run's.
@@ -180,3 +193,30 @@ def test_a_pipe_sees_only_the_stage_lines(tmp_path, monkeypatch):
     update(actions.LoopProgress(50, 600, 507.7, 130.0))
   shown.say('stage 1/2 pretrain: 2m21s')
   assert pipe.getvalue() == 'stage 1/2 pretrain: 2m21s\n'
+
+
+def test_sigterm_stops_the_stage_processes_with_a_checkpoint(tmp_path):
+  # The stages run in two processes of their own: SIGTERM to the demo
+  # reaches them, the running pretraining saves its current step, and the
+  # demo says so in one line.
+  out = tmp_path / 'demo_out'
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  proc = subprocess.Popen(
+      [sys.executable, DEMO, f'--out={out}', '--scale=0.5', '--seeds=0',
+       '--label_fractions=0.1'], stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True, env=env)
+  log = out / 'log.txt'
+  deadline = time.time() + 300
+  # Pretraining: 300 steps, 50 per loop; the first loop's line says it runs.
+  while not (log.exists() and 'step 50/300 ' in log.read_text()):
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    time.sleep(0.2)
+  proc.terminate()
+  stdout, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 1, (stdout, stderr)
+  assert stderr.startswith('error: StagesStopped: SIGTERM received: '), stderr
+  assert len(stderr.splitlines()) == 1
+  steps = [int(p.name[len('ckpt-'):-len('.index')])
+           for p in (out / 'seed0' / 'pretrain').glob('ckpt-*.index')]
+  assert steps and 50 <= max(steps) < 300
+  assert 'Preempted' in log.read_text()

@@ -82,7 +82,8 @@ def check_demo_flags(values, supported_fractions: Iterable[float]):
   """Exits with one line naming the flag for a bad tools/demo.py flag value:
   --out (a directory it creates and writes), --data_dir (the same, digits
   are prepared there), --seeds (integers), --scale (> 0), --label_fractions
-  (among `supported_fractions`, the fractions the demo has settings for).
+  (among `supported_fractions`, the fractions the demo has settings for),
+  --stage_workers (1 or more; absent from the study).
   `values` has the demo's flags as attributes (absl's FLAGS)."""
   for flag in ('out', 'data_dir'):
     path = getattr(values, flag)
@@ -100,6 +101,10 @@ def check_demo_flags(values, supported_fractions: Iterable[float]):
     fail('--seeds: empty (e.g. --seeds=0)')
   if not (math.isfinite(values.scale) and values.scale > 0):
     fail(f'--scale={values.scale}: expected > 0')
+  workers = getattr(values, 'stage_workers', 1)
+  if workers < 1:
+    fail(f'--stage_workers={workers}: expected 1 or more (1: one stage '
+         f'after another)')
   supported = sorted(float(f) for f in supported_fractions)
   for fraction in values.label_fractions:
     try:

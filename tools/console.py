@@ -65,6 +65,19 @@ def duration(seconds: float) -> str:
   return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
 
 
+def progress_text(label: str, progress) -> str:
+  """'label: step k/n, r images/s, about t left' from a
+  simclr.tasks.actions.LoopProgress (just the label when None)."""
+  if progress is None:
+    return label
+  rate = f'{progress.images_per_second:.0f} images/s'
+  if progress.step >= progress.total_steps:
+    # What follows (checkpoint, evaluation) reports no progress.
+    return f'{label}: {progress.total_steps} steps done ({rate}), finishing'
+  return (f'{label}: step {progress.step}/{progress.total_steps}, {rate}, '
+          f'about {duration(progress.seconds_left)} left')
+
+
 class Console:
   """The terminal of one run of a tool, as a context manager (see the module
   doc). `out` is the output folder (created); the log is <out>/log.txt,
@@ -166,24 +179,16 @@ class Console:
     which adds the step, images/s and time left after every loop. The line
     is erased at the end (the tool then says the stage's result)."""
 
-    def update(progress):  # A simclr.tasks.actions.LoopProgress.
-      rate = f'{progress.images_per_second:.0f} images/s'
-      if progress.step >= progress.total_steps:
-        # What follows (checkpoint, evaluation) reports no progress.
-        text = f'{progress.total_steps} steps done ({rate}), finishing'
-      else:
-        text = (f'step {progress.step}/{progress.total_steps}, {rate}, '
-                f'about {duration(progress.seconds_left)} left')
-      self._show(f'{label}: {text}')
-
-    self._show(label)
+    self.update(label)
     try:
-      yield update
+      yield lambda progress: self.update(progress_text(label, progress))
     finally:
       self._end_live()
 
-  def _show(self, text: str):
-    if not self._can_update:
+  def update(self, text: str):
+    """Shows `text` as the updating line (on a terminal only; nothing with
+    --verbose or on a pipe); the next say() erases it."""
+    if not self._can_update or not text:
       return
     # Cut to the terminal's width: a wrapped line cannot be rewritten.
     text = text[:max(shutil.get_terminal_size().columns - 1, 20)]

@@ -66,6 +66,13 @@ flags.DEFINE_bool('tune', False, 'Run the validation grids that chose the '
 flags.DEFINE_list('tune_groups', list(demo_tuning.GROUPS),
                   'With --tune: the grids to run (some of '
                   f'{",".join(demo_tuning.GROUPS)}).')
+flags.DEFINE_integer('stage_workers', 2, 'Stages that do not wait on each '
+                     'other run side by side in this many processes, each '
+                     'on cores/N TensorFlow threads (at least one); 1 runs '
+                     'them one after another in this process on every '
+                     'core. Results differ in the last digits between the '
+                     'two (thread counts change float sums), not between '
+                     'runs of one setting.')
 flags.DEFINE_bool('verbose', False, 'Show every log line (absl, TFDS, '
                   'TensorFlow\'s C++ log) on the terminal; without it they '
                   'go to <out>/log.txt.')
@@ -112,94 +119,103 @@ class Pipeline:
         top1=result['eval/label_top_1_accuracy'],
         top5=result['eval/label_top_5_accuracy'], params=params))
 
-  def stage(self, method, arch, fraction, values):
-    started = time.time()
-    name = f'  seed {self.seed} {os.path.basename(values["model_dir"])}'
-    with self.terminal.live(name) as on_progress:
-      result, params = run_stage(values, on_progress)
-    top1 = result.get('eval/label_top_1_accuracy')
-    self.terminal.say(
-        f'{name}: {time.time() - started:.0f}s'
-        + (f', top-1 {100 * top1:.1f}%' if top1 is not None else ''))
-    if method:
-      self.add(method, arch, fraction, result, params)
-    return result
-
-  def run(self, fractions, pretrain=None, finetune=None, supervised=None,
-          distill=None):
-    """Every row of the demo for this seed; the keyword arguments replace
-    the module's settings (for --tune)."""
+  def run(self, fractions, workers=1, pretrain=None, finetune=None,
+          supervised=None, distill=None):
+    """Every row of the demo for this seed; `workers` stage processes
+    (experiment.run_stages); the keyword arguments replace the module's
+    settings."""
     pretrain = dict(PRETRAIN, **(pretrain or {}))
     pretrain['train_steps'] = steps(pretrain['train_steps'])
     pretrain_dir = os.path.join(self.out, 'pretrain')
-    self.stage(None, TEACHER, None, self.flags(
-        'pretrain', train_mode='pretrain', **pretrain))
-    self.stage('simclr_linear_eval', TEACHER, 1.0, self.flags(
-        'linear_eval', train_mode='linear_eval', checkpoint=pretrain_dir))
-    self.stage('random_encoder_linear_eval', TEACHER, 1.0, self.flags(
-        'random_linear_eval', train_mode='linear_eval',
-        checkpoint=self.random_encoder()))
-    self.raw_pixels([1.0] + list(fractions))
+    # (row method or None, architecture, label fraction, experiment.Job),
+    # the longest chain first: a free stage process takes the first job
+    # whose stages before it have finished.
+    stages = [(None, TEACHER, None, self.job('pretrain', train_mode='pretrain',
+                                             **pretrain))]
+    stages.append(('simclr_linear_eval', TEACHER, 1.0, self.job(
+        'linear_eval', after=['pretrain'], train_mode='linear_eval',
+        checkpoint=pretrain_dir)))
     for fraction in fractions:
       pct = f'{100 * fraction:g}pct'
-      finetune_dir = os.path.join(self.out, f'finetune_{pct}')
       tuned = dict(FINETUNE, **(finetune or {}))
       tuned['train_steps'] = steps(tuned['train_steps'])
-      self.stage('simclr_finetune', TEACHER, fraction, self.flags(
-          f'finetune_{pct}', train_mode='finetune', checkpoint=pretrain_dir,
-          train_label_fraction=fraction, **tuned))
-      baseline = dict(FINETUNE, ft_proj_selector=0,
-                      **SUPERVISED[fraction], **(supervised or {}))
-      baseline['train_steps'] = steps(baseline['train_steps'])
-      self.stage('supervised', TEACHER, fraction, self.flags(
-          f'supervised_{pct}', train_mode='finetune',
-          train_label_fraction=fraction, **baseline))
+      stages.append(('simclr_finetune', TEACHER, fraction, self.job(
+          f'finetune_{pct}', after=['pretrain'], train_mode='finetune',
+          checkpoint=pretrain_dir, train_label_fraction=fraction, **tuned)))
       students = dict(DISTILL, **(distill or {}))
       students['train_steps'] = steps(students['train_steps'])
       # The self-distilled student starts from the pretrained encoder, the
       # smaller one from scratch; both read only the subset's labels.
-      self.stage('simclr_self_distill', TEACHER, fraction, self.flags(
-          f'self_distill_{pct}', train_mode='distill',
-          teacher_checkpoint=finetune_dir, checkpoint=pretrain_dir,
-          train_label_fraction=fraction, **students))
-      self.stage('simclr_distill', SMALL, fraction, self.flags(
-          f'distill_small_{pct}', train_mode='distill',
-          teacher_checkpoint=finetune_dir, train_label_fraction=fraction,
-          **dict(students, **SMALL)))
+      finetune_dir = os.path.join(self.out, f'finetune_{pct}')
+      stages.append(('simclr_self_distill', TEACHER, fraction, self.job(
+          f'self_distill_{pct}', after=[f'finetune_{pct}'],
+          train_mode='distill', teacher_checkpoint=finetune_dir,
+          checkpoint=pretrain_dir, train_label_fraction=fraction,
+          **students)))
+      stages.append(('simclr_distill', SMALL, fraction, self.job(
+          f'distill_small_{pct}', after=[f'finetune_{pct}'],
+          train_mode='distill', teacher_checkpoint=finetune_dir,
+          train_label_fraction=fraction, **dict(students, **SMALL))))
+    random_dir = os.path.join(self.out, 'random_encoder')
+    stages.append(('random_encoder_linear_eval', TEACHER, 1.0, self.job(
+        'random_linear_eval', train_mode='linear_eval', checkpoint=random_dir,
+        random_encoder=(random_dir, self.seed, TEACHER, IMAGE_SIZE))))
+    for fraction in fractions:
+      pct = f'{100 * fraction:g}pct'
+      baseline = dict(FINETUNE, ft_proj_selector=0,
+                      **SUPERVISED[fraction], **(supervised or {}))
+      baseline['train_steps'] = steps(baseline['train_steps'])
+      stages.append(('supervised', TEACHER, fraction, self.job(
+          f'supervised_{pct}', train_mode='finetune',
+          train_label_fraction=fraction, **baseline)))
+    # The raw-pixel baselines here first: they prepare the dataset (TFDS)
+    # before any stage process reads it.
+    raw = {fraction: self.raw_pixels(fraction)
+           for fraction in [1.0] + list(fractions)}
+    done = experiment.run_stages([job for *_, job in stages], workers,
+                                 self.terminal, self.say_done)
+    # The rows in one order whatever finished first.
+    by_name = {job.name: (method, arch, fraction)
+               for method, arch, fraction, job in stages}
+    prefix = f'seed {self.seed} '
+    order = (['linear_eval', 'random_linear_eval'] + ['raw'] + [
+        f'{kind}_{100 * fraction:g}pct' for fraction in fractions
+        for kind in ('finetune', 'supervised', 'self_distill',
+                     'distill_small')])
+    for name in order:
+      if name == 'raw':
+        for fraction, scores in raw.items():
+          for method, result in scores.items():
+            self.add(method, dict(resnet_depth=0, width_multiplier=0),
+                     fraction, result, 0)
+            self.rows[-1]['architecture'] = '8x8 pixels'
+        continue
+      method, arch, fraction = by_name[prefix + name]
+      self.add(method, arch, fraction, done[prefix + name].result,
+               done[prefix + name].params)
     return self.rows
 
-  def random_encoder(self):
-    """Exports a randomly initialised encoder (this seed) and returns it."""
-    return experiment.random_encoder(os.path.join(self.out, 'random_encoder'),
-                                     self.seed, TEACHER, IMAGE_SIZE)
+  def job(self, name, after=(), random_encoder=None, **values):
+    return experiment.Job(f'seed {self.seed} {name}', self.flags(
+        name, **values), after=[f'seed {self.seed} {a}' for a in after],
+                          random_encoder=random_encoder)
 
-  def raw_pixels(self, fractions):
+  def say_done(self, job, done):
+    top1 = done.result.get('eval/label_top_1_accuracy')
+    self.terminal.say(
+        f'  {job.name}: {done.seconds:.0f}s'
+        + (f', top-1 {100 * top1:.1f}%' if top1 is not None else ''))
+
+  def raw_pixels(self, fraction):
     """Logistic regression and k-NN on the 8x8 pixels, with the label
-    subsets fine-tuning draws."""
-    for fraction in fractions:
-      scores = experiment.raw_pixel_scores(
-          self.data_dir, self.train_split, self.eval_split, fraction,
-          self.seed, RAW_LOGISTIC_C[fraction], RAW_KNN_K[fraction])
-      for method, result in scores.items():
-        self.add(method, dict(resnet_depth=0, width_multiplier=0), fraction,
-                 result, 0)
-        self.rows[-1]['architecture'] = '8x8 pixels'
+    subset fine-tuning draws: {method: result}."""
+    return experiment.raw_pixel_scores(
+        self.data_dir, self.train_split, self.eval_split, fraction,
+        self.seed, RAW_LOGISTIC_C[fraction], RAW_KNN_K[fraction])
 
 
 def raw_pixels(data_dir, split):
   return experiment.raw_pixels(data_dir, split)
-
-
-def label_subset_mask(ids, labels, fraction, seed):
-  return experiment.label_subset_mask(ids, labels, fraction, seed)
-
-
-def run_stage(flag_values, on_progress=None):
-  """Runs one tf2/run.py configuration in this process (or reads the result
-  of the same configuration finished before); returns (result dict, the
-  trained model's encoder parameter count)."""
-  result, params, _ = experiment.run_stage(flag_values, on_progress)
-  return result, params
 
 
 def summarise(rows):
@@ -334,7 +350,7 @@ def run_demo(terminal, out):
     terminal.say(f'[{time.time() - started:5.0f}s] seed {seed}')
     pipeline = Pipeline(seed, os.path.join(out, f'seed{seed}'), TRAIN_SPLIT,
                         TEST_SPLIT, FLAGS.data_dir, terminal)
-    rows += pipeline.run(fractions)
+    rows += pipeline.run(fractions, FLAGS.stage_workers)
     write_outputs(rows, out, time.time() - started, terminal)
   first_seed_dir = os.path.join(out, f'seed{int(FLAGS.seeds[0])}')
   for name, draw in (('embedding', lambda: draw_embedding(

@@ -296,6 +296,187 @@ def run_stage(flag_values: Dict[str, Any], on_progress=None):
   return result, params, False
 
 
+
+# ---------------------------------------------------------------------------
+# Stages side by side: on a 2-core CPU one small network's training step uses
+# the second core poorly (ResNet-18 0.25x at 16x16: 2,480 images/s on one
+# thread, 3,514 on two), while two processes of one thread each reach 5,100
+# together, and overlap each other's single-threaded tracing (bench/NOTES.md).
+
+
+@dataclasses.dataclass
+class Job:
+  """One stage for run_stages: its tf2/run.py flag values, the names of the
+  jobs that must finish first, and a random encoder to export first
+  (random_encoder's arguments: path, seed, architecture, image size)."""
+  name: str
+  flag_values: Dict[str, Any]
+  after: Sequence[str] = ()
+  random_encoder: Optional[tuple] = None
+
+
+@dataclasses.dataclass
+class Done:
+  """A finished job: run_stage's result, parameter count and whether the
+  stage was reused, and its seconds (in the process that ran it)."""
+  result: Dict[str, Any]
+  params: int
+  reused: bool
+  seconds: float
+
+
+_WORKER = {}
+
+
+def _worker_init(progress, threads: int, verbosity: int, quiet: bool,
+                 log_path: Optional[str]):
+  """A stage process (spawned): absl at the tool's verbosity, library prints
+  where the tool's go (file descriptor 2 is the log unless --verbose; with
+  it, log_path gets the Python log as the tool's does), TensorFlow on
+  `threads` intra-op threads. Tells the tool its process id."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if quiet:
+    os.dup2(2, 1)
+  flags.FLAGS.mark_as_parsed()
+  logging.set_verbosity(verbosity)
+  if log_path:
+    import logging as python_logging  # pylint: disable=g-import-not-at-top
+    handler = python_logging.StreamHandler(open(log_path, 'a', buffering=1))
+    handler.setFormatter(logging.PythonFormatter())
+    python_logging.getLogger().addHandler(handler)
+  import simclr  # pylint: disable=g-import-not-at-top,unused-import
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.threading.set_intra_op_parallelism_threads(threads)
+  _WORKER['progress'] = progress
+  progress.put((_PID, os.getpid()))
+
+
+_PID = '(process id)'
+
+
+def _run_job(job: Job) -> Done:
+  started = time.time()
+  if job.random_encoder:
+    random_encoder(*job.random_encoder)
+  progress = _WORKER.get('progress')
+  on_progress = None
+  if progress is not None:
+    on_progress = lambda p: progress.put((job.name, p))  # pylint: disable=g-long-lambda
+  result, params, reused = run_stage(job.flag_values, on_progress)
+  return Done(result, params, reused, time.time() - started)
+
+
+def run_stages(jobs: Sequence[Job], workers: int,
+               console: console_lib.Console,
+               on_done: Callable[[Job, Done], None]) -> Dict[str, Done]:
+  """Runs `jobs` (each after the jobs its `after` names) and returns their
+  Done by name; on_done(job, done) as each finishes.
+
+  workers=1: one after another in this process, in the given order (each
+  job's `after` must come before it), on every core. workers>1: that many
+  spawned processes, each on cores/workers intra-op threads (at least one);
+  a free process takes the first job in the given order whose `after` have
+  finished, so list the longest chain first. The console shows the running
+  jobs' progress on one updating line. A job's results do not depend on
+  which process ran it or what ran there before (each stage seeds itself),
+  but they can differ in the last digits with the number of threads."""
+  names = [job.name for job in jobs]
+  if len(set(names)) != len(names):
+    raise ValueError(f'jobs with the same name: {names}')
+  for i, job in enumerate(jobs):
+    unknown = [a for a in job.after if a not in names]
+    if unknown:
+      raise ValueError(f'job {job.name} runs after unknown jobs {unknown}')
+    if workers <= 1 and any(names.index(a) > i for a in job.after):
+      raise ValueError(f'job {job.name} is listed before what it runs after')
+  done = {}
+  if workers <= 1:
+    for job in jobs:
+      with console.live(job.name) as on_progress:
+        started = time.time()
+        if job.random_encoder:
+          random_encoder(*job.random_encoder)
+        result, params, reused = run_stage(job.flag_values, on_progress)
+        done[job.name] = Done(result, params, reused, time.time() - started)
+      on_done(job, done[job.name])
+    return done
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  import queue as queue_lib  # pylint: disable=g-import-not-at-top
+  context = multiprocessing.get_context('spawn')
+  progress = context.Queue()
+  cores = len(os.sched_getaffinity(0))
+  threads = max(1, cores // workers)
+  waiting = list(jobs)
+  running = {}  # future -> job
+  shown = {}  # job name -> its latest LoopProgress
+  pids = set()
+
+  def stop(signum, frame):
+    del frame
+    # The stage processes save a checkpoint and stop (simclr.train's
+    # preemption handling); the finally below waits for them.
+    for pid in pids:
+      try:
+        os.kill(pid, signum)
+      except ProcessLookupError:
+        pass
+    raise StagesStopped(f'{signal.Signals(signum).name} received: the '
+                        f'running stages saved a checkpoint; run the same '
+                        f'command again to resume them')
+
+  import signal  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  in_main_thread = threading.current_thread() is threading.main_thread()
+  if in_main_thread:
+    previous = signal.signal(signal.SIGTERM, stop)
+  pool = concurrent.futures.ProcessPoolExecutor(
+      max_workers=workers, mp_context=context, initializer=_worker_init,
+      initargs=(progress, threads, logging.get_verbosity(),
+                not console.verbose,
+                console.log_path if console.verbose else None))
+  try:
+    while waiting or running:
+      for job in list(waiting):
+        if len(running) >= workers:
+          break
+        if all(a in done for a in job.after):
+          waiting.remove(job)
+          running[pool.submit(_run_job, job)] = job
+      if not running:
+        raise ValueError('jobs wait on each other: '
+                         f'{[job.name for job in waiting]}')
+      finished, _ = concurrent.futures.wait(
+          running, timeout=0.5,
+          return_when=concurrent.futures.FIRST_COMPLETED)
+      while True:
+        try:
+          name, loop = progress.get_nowait()
+        except queue_lib.Empty:
+          break
+        if name == _PID:
+          pids.add(loop)
+        else:
+          shown[name] = loop
+      for future in finished:
+        job = running.pop(future)
+        done[job.name] = future.result()
+        shown.pop(job.name, None)
+        on_done(job, done[job.name])
+      console.update(' | '.join(
+          console_lib.progress_text(job.name, shown.get(job.name))
+          for job in running.values()))
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+    progress.close()
+    if in_main_thread:
+      signal.signal(signal.SIGTERM, previous)
+  return done
+
+
+class StagesStopped(RuntimeError):
+  """run_stages received SIGTERM: its running stages saved a checkpoint."""
+
 def raw_pixels(data_dir: str, split: str, dataset: str = 'digits'):
   """(ids [N], pixels float [N, D] in [0, 1], labels [N]) of a split, in the
   split's order: the digits' original 8x8 scans (64 values; the TFDS images

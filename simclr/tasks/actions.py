@@ -37,6 +37,9 @@ class Preempted(RuntimeError):
     self.step = step
     self.signal_name = signal_name
 
+  def __reduce__(self):  # Pickled by its fields (e.g. from a stage process).
+    return Preempted, (self.step, self.signal_name)
+
 
 def save_checkpoint(manager: tf.train.CheckpointManager, step: int):
   """Saves ckpt-<step> unless the newest checkpoint already is that step."""

@@ -1,0 +1,80 @@
+"""tools/experiment.run_stages: which job runs when, what a bad job list
+says, and that an exception of a stage process reaches the tool whole. The
+demo end to end with two stage processes: tests/test_console.py."""
+
+import pickle
+
+import pytest
+
+from simclr.tasks import actions
+from tools import console
+from tools import experiment
+
+
+class Recorder:
+  """experiment.run_stage replaced: records the order and returns a result
+  named after the stage."""
+
+  def __init__(self):
+    self.order = []
+
+  def __call__(self, flag_values, on_progress=None):
+    self.order.append(flag_values['model_dir'])
+    if on_progress is not None:
+      on_progress(actions.LoopProgress(2, 2, 100.0, 0.0))
+    return {'top1': len(self.order) / 10}, 7, False
+
+
+def job(name, after=()):
+  return experiment.Job(name, dict(model_dir=name), after=list(after))
+
+
+def test_one_worker_runs_the_jobs_in_their_order_in_this_process(
+    tmp_path, monkeypatch):
+  recorder = Recorder()
+  monkeypatch.setattr(experiment, 'run_stage', recorder)
+  finished = []
+  jobs = [job('pretrain'), job('finetune', ['pretrain']), job('supervised'),
+          job('distill', ['finetune'])]
+  with console.Console(tmp_path) as terminal:
+    done = experiment.run_stages(
+        jobs, 1, terminal, lambda j, d: finished.append((j.name, d.result)))
+  assert recorder.order == ['pretrain', 'finetune', 'supervised', 'distill']
+  assert finished == [('pretrain', {'top1': 0.1}), ('finetune', {'top1': 0.2}),
+                      ('supervised', {'top1': 0.3}),
+                      ('distill', {'top1': 0.4})]
+  assert {name: (d.params, d.reused) for name, d in done.items()} == {
+      name: (7, False) for name in recorder.order}
+  assert all(d.seconds >= 0 for d in done.values())
+
+
+@pytest.mark.parametrize('jobs, workers, message', [
+    ([job('a'), job('a')], 2, 'jobs with the same name'),
+    ([job('a', ['b'])], 2, "runs after unknown jobs ['b']"),
+    ([job('a', ['b']), job('b')], 1, 'listed before what it runs after'),
+    ([job('a', ['b']), job('b', ['a'])], 2, 'jobs wait on each other'),
+])
+def test_a_bad_job_list_is_refused_before_any_stage(tmp_path, monkeypatch,
+                                                    jobs, workers, message):
+  recorder = Recorder()
+  monkeypatch.setattr(experiment, 'run_stage', recorder)
+  with console.Console(tmp_path) as terminal:
+    with pytest.raises(ValueError, match=message.replace('[', r'\[')):
+      experiment.run_stages(jobs, workers, terminal, lambda j, d: None)
+  assert not recorder.order
+
+
+def test_preempted_survives_the_trip_from_a_stage_process():
+  # A stage process returns its exception pickled; Preempted's message and
+  # fields must come back as they left.
+  error = pickle.loads(pickle.dumps(actions.Preempted(40, 'SIGTERM')))
+  assert isinstance(error, actions.Preempted)
+  assert (error.step, error.signal_name) == (40, 'SIGTERM')
+  assert str(error) == str(actions.Preempted(40, 'SIGTERM'))
+
+
+def test_progress_text_names_each_running_stage():
+  assert console.progress_text('seed 0 pretrain', None) == 'seed 0 pretrain'
+  assert console.progress_text(
+      'seed 0 pretrain', actions.LoopProgress(50, 600, 507.7, 130.0)) == (
+          'seed 0 pretrain: step 50/600, 508 images/s, about 2m10s left')
