@@ -75,8 +75,8 @@ def test_stdout_holds_only_the_demos_own_lines(quiet_run):
   # A pipe gets no updating progress line.
   assert '\r' not in proc.stdout
   stage_lines = [l for l in lines if l.startswith('  seed 0 ')]
-  # Two stage processes: each stage's line comes when it finishes, so the
-  # order follows the stages' dependencies, not the list.
+  # Each stage's line comes when it finishes (with --stage_workers=2 the
+  # order follows the stages' dependencies, not the list).
   names = [l.split()[2].rstrip(':') for l in stage_lines]
   assert sorted(names) == sorted(STAGES)
   for first, then in (('pretrain', 'linear_eval'),
@@ -195,15 +195,16 @@ def test_a_pipe_sees_only_the_stage_lines(tmp_path, monkeypatch):
   assert pipe.getvalue() == 'stage 1/2 pretrain: 2m21s\n'
 
 
-def test_sigterm_stops_the_stage_processes_with_a_checkpoint(tmp_path):
-  # The stages run in two processes of their own: SIGTERM to the demo
-  # reaches them, the running pretraining saves its current step, and the
-  # demo says so in one line.
+def test_two_stage_processes_log_quietly_and_stop_on_sigterm(tmp_path):
+  # --stage_workers=2: the stages run in two processes of their own, which
+  # log into the demo's log file; SIGTERM to the demo reaches them, the
+  # running pretraining saves its current step, and the demo says so in one
+  # line.
   out = tmp_path / 'demo_out'
   env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
   proc = subprocess.Popen(
       [sys.executable, DEMO, f'--out={out}', '--scale=0.5', '--seeds=0',
-       '--label_fractions=0.1'], stdout=subprocess.PIPE,
+       '--label_fractions=0.1', '--stage_workers=2'], stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True, env=env)
   log = out / 'log.txt'
   deadline = time.time() + 300
@@ -219,4 +220,11 @@ def test_sigterm_stops_the_stage_processes_with_a_checkpoint(tmp_path):
   steps = [int(p.name[len('ckpt-'):-len('.index')])
            for p in (out / 'seed0' / 'pretrain').glob('ckpt-*.index')]
   assert steps and 50 <= max(steps) < 300
-  assert 'Preempted' in log.read_text()
+  text = log.read_text()
+  assert ('seed 0 pretrain stopped: Preempted: SIGTERM received: saved a '
+          'checkpoint at step') in text
+  assert re.search(r'^I\d{4} .*runner\.py:\d+\] Training pretrain: ', text,
+                   re.M)
+  lines = stdout.splitlines()
+  assert lines[0] == f'log: {log}'
+  assert all(any(re.fullmatch(p, l) for p in OWN_LINES) for l in lines[1:])

@@ -66,13 +66,13 @@ flags.DEFINE_bool('tune', False, 'Run the validation grids that chose the '
 flags.DEFINE_list('tune_groups', list(demo_tuning.GROUPS),
                   'With --tune: the grids to run (some of '
                   f'{",".join(demo_tuning.GROUPS)}).')
-flags.DEFINE_integer('stage_workers', 2, 'Stages that do not wait on each '
-                     'other run side by side in this many processes, each '
-                     'on cores/N TensorFlow threads (at least one); 1 runs '
-                     'them one after another in this process on every '
-                     'core. Results differ in the last digits between the '
-                     'two (thread counts change float sums), not between '
-                     'runs of one setting.')
+flags.DEFINE_integer('stage_workers', 1, 'With 2 or more: stages that do '
+                     'not wait on each other run side by side in this many '
+                     'processes, each on cores/N TensorFlow threads (at '
+                     'least one); faster (2m31s against 3m21s on 2 cores) '
+                     'but the numbers differ from the default\'s, lower on '
+                     'each of three seeds (docs/demo.md). 1: one stage '
+                     'after another in this process on every core.')
 flags.DEFINE_bool('verbose', False, 'Show every log line (absl, TFDS, '
                   'TensorFlow\'s C++ log) on the terminal; without it they '
                   'go to <out>/log.txt.')

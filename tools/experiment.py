@@ -298,10 +298,15 @@ def run_stage(flag_values: Dict[str, Any], on_progress=None):
 
 
 # ---------------------------------------------------------------------------
-# Stages side by side: on a 2-core CPU one small network's training step uses
-# the second core poorly (ResNet-18 0.25x at 16x16: 2,480 images/s on one
-# thread, 3,514 on two), while two processes of one thread each reach 5,100
-# together, and overlap each other's single-threaded tracing (bench/NOTES.md).
+# Stages side by side (opt-in): on a 2-core CPU one small network's training
+# step uses the second core poorly (ResNet-18 0.25x at 16x16: 2,480 images/s
+# on one thread, 3,514 on two), while two processes of one thread each reach
+# 5,100 together and overlap each other's single-threaded tracing: make demo
+# took 2m31s instead of 3m21s. But one thread sums floats in another order
+# than two, and a deterministic run carries that over hundreds of steps:
+# the demo's SimCLR rows came out lower on each of three seeds (linear
+# evaluation 97.9 against 98.6 mean), so the default stays one stage after
+# another on every core (docs/demo.md, bench/NOTES.md).
 
 
 @dataclasses.dataclass
@@ -338,6 +343,7 @@ def _worker_init(progress, threads: int, verbosity: int, quiet: bool,
   if quiet:
     os.dup2(2, 1)
   flags.FLAGS.mark_as_parsed()
+  logging.use_absl_handler()  # absl's line format, as in the tool.
   logging.set_verbosity(verbosity)
   if log_path:
     import logging as python_logging  # pylint: disable=g-import-not-at-top
@@ -469,6 +475,11 @@ def run_stages(jobs: Sequence[Job], workers: int,
   finally:
     pool.shutdown(wait=True, cancel_futures=True)
     progress.close()
+    for future, job in running.items():  # What the stopped stages said.
+      if future.done() and not future.cancelled() and future.exception():
+        error = future.exception()
+        logging.warning('%s stopped: %s: %s', job.name,
+                        type(error).__name__, error)
     if in_main_thread:
       signal.signal(signal.SIGTERM, previous)
   return done
