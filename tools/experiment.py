@@ -305,8 +305,9 @@ def run_stage(flag_values: Dict[str, Any], on_progress=None):
 # took 2m31s instead of 3m21s. But one thread sums floats in another order
 # than two, and a deterministic run carries that over hundreds of steps:
 # the demo's SimCLR rows came out lower on each of three seeds (linear
-# evaluation 97.9 against 98.6 mean), so the default stays one stage after
-# another on every core (docs/demo.md, bench/NOTES.md).
+# evaluation 97.9 against 98.6 mean) and the supervised baseline higher, so
+# the default stays one stage after another on every core (docs/demo.md,
+# bench/NOTES.md).
 
 
 @dataclasses.dataclass
