@@ -2,7 +2,12 @@
 says, and that an exception of a stage process reaches the tool whole. The
 demo end to end with two stage processes: tests/test_console.py."""
 
+import logging
+import os
+import pathlib
 import pickle
+import signal
+import time
 
 import pytest
 
@@ -23,6 +28,25 @@ class Recorder:
     if on_progress is not None:
       on_progress(actions.LoopProgress(2, 2, 100.0, 0.0))
     return {'top1': len(self.order) / 10}, 7, False
+
+
+def slow_stage(flag_values, on_progress):
+  """A stage that says it started and then runs for two minutes."""
+  del on_progress
+  pathlib.Path(flag_values['model_dir']).touch()
+  time.sleep(120)
+  return {}, 0, False
+
+
+def quick_stage(flag_values, on_progress):
+  """A stage that finishes once the slow stage has started."""
+  del on_progress
+  deadline = time.time() + 120
+  while not os.path.exists(flag_values['slow_started']):
+    assert time.time() < deadline
+    time.sleep(0.1)
+  time.sleep(1.0)  # The slow stage's process id has reached the tool.
+  return {'top1': 0.5}, 0, False
 
 
 def job(name, after=()):
@@ -78,3 +102,36 @@ def test_progress_text_names_each_running_stage():
   assert console.progress_text(
       'seed 0 pretrain', actions.LoopProgress(50, 600, 507.7, 130.0)) == (
           'seed 0 pretrain: step 50/600, 508 images/s, about 2m10s left')
+
+
+def test_sigterm_with_an_idle_stage_process_stops_the_running_stage(
+    tmp_path, caplog):
+  # Two stage processes; one finishes its stage and waits for work, the other
+  # runs. SIGTERM to the tool reaches both: the idle one must not die of it
+  # (a dead process breaks the pool, which then kills the running stage
+  # before it can save) and the running one stops with its own exception.
+  slow = str(tmp_path / 'slow_started')
+  jobs = [experiment.Job('slow', dict(model_dir=slow)),
+          experiment.Job('quick', dict(slow_started=slow))]
+  finished = []
+
+  def on_done(job, done):
+    finished.append((job.name, done.result))
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  caplog.set_level(logging.WARNING)
+  started = time.time()
+  with console.Console(tmp_path) as terminal:
+    with pytest.raises(experiment.StagesStopped, match='SIGTERM received'):
+      experiment.run_stages(jobs, 2, terminal, on_done,
+                            runner=_by_name)
+  assert finished == [('quick', {'top1': 0.5})]
+  assert time.time() - started < 100  # Not the slow stage's two minutes.
+  assert ('slow stopped: StageStopped: SIGTERM received outside a training '
+          'loop') in caplog.text
+
+
+def _by_name(flag_values, on_progress):
+  if 'slow_started' in flag_values:
+    return quick_stage(flag_values, on_progress)
+  return slow_stage(flag_values, on_progress)

@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
@@ -340,6 +341,12 @@ def _worker_init(progress, threads: int, verbosity: int, quiet: bool,
   where the tool's go (file descriptor 2 is the log unless --verbose; with
   it, log_path gets the Python log as the tool's does), TensorFlow on
   `threads` intra-op threads. Tells the tool its process id."""
+  # First of all: an idle stage process ignores SIGTERM and SIGINT (Ctrl-C
+  # reaches the whole process group). Killed by one, it would break the pool,
+  # and the pool would then kill the stages still training before they save
+  # (_run_job and the training loop handle the signals while a stage runs).
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   from absl import flags  # pylint: disable=g-import-not-at-top
   if quiet:
     os.dup2(2, 1)
@@ -361,23 +368,49 @@ def _worker_init(progress, threads: int, verbosity: int, quiet: bool,
 _PID = '(process id)'
 
 
-def _run_job(job: Job) -> Done:
-  started = time.time()
-  if job.random_encoder:
-    random_encoder(*job.random_encoder)
-  progress = _WORKER.get('progress')
-  on_progress = None
-  if progress is not None:
+class StageStopped(RuntimeError):
+  """A stage process received SIGTERM or SIGINT outside a training loop
+  (inside one, the loop saves a checkpoint and raises Preempted)."""
+
+  def __init__(self, signal_name: str):
+    super().__init__(f'{signal_name} received outside a training loop')
+    self.signal_name = signal_name
+
+  def __reduce__(self):
+    return StageStopped, (self.signal_name,)
+
+
+def _stop_stage(signum, frame):
+  del frame
+  raise StageStopped(signal.Signals(signum).name)
+
+
+def _run_job(job: Job, runner: Callable) -> Done:
+  """A job in a stage process: SIGTERM and SIGINT stop it (StageStopped, or
+  Preempted with a checkpoint when they arrive in a training loop)."""
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, _stop_stage)
+  try:
+    started = time.time()
+    if job.random_encoder:
+      random_encoder(*job.random_encoder)
+    progress = _WORKER['progress']
     on_progress = lambda p: progress.put((job.name, p))  # pylint: disable=g-long-lambda
-  result, params, reused = run_stage(job.flag_values, on_progress)
-  return Done(result, params, reused, time.time() - started)
+    result, params, reused = runner(job.flag_values, on_progress)
+    return Done(result, params, reused, time.time() - started)
+  finally:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(signum, signal.SIG_IGN)
 
 
 def run_stages(jobs: Sequence[Job], workers: int,
                console: console_lib.Console,
-               on_done: Callable[[Job, Done], None]) -> Dict[str, Done]:
+               on_done: Callable[[Job, Done], None],
+               runner: Optional[Callable] = None) -> Dict[str, Done]:
   """Runs `jobs` (each after the jobs its `after` names) and returns their
-  Done by name; on_done(job, done) as each finishes.
+  Done by name; on_done(job, done) as each finishes. runner(flag_values,
+  on_progress) -> (result, params, reused) runs one stage: run_stage unless
+  given (a module-level function, so that a stage process can import it).
 
   workers=1: one after another in this process, in the given order (each
   job's `after` must come before it), on every core. workers>1: that many
@@ -396,6 +429,7 @@ def run_stages(jobs: Sequence[Job], workers: int,
       raise ValueError(f'job {job.name} runs after unknown jobs {unknown}')
     if workers <= 1 and any(names.index(a) > i for a in job.after):
       raise ValueError(f'job {job.name} is listed before what it runs after')
+  runner = runner or run_stage
   done = {}
   if workers <= 1:
     for job in jobs:
@@ -403,7 +437,7 @@ def run_stages(jobs: Sequence[Job], workers: int,
         started = time.time()
         if job.random_encoder:
           random_encoder(*job.random_encoder)
-        result, params, reused = run_stage(job.flag_values, on_progress)
+        result, params, reused = runner(job.flag_values, on_progress)
         done[job.name] = Done(result, params, reused, time.time() - started)
       on_done(job, done[job.name])
     return done
@@ -432,7 +466,6 @@ def run_stages(jobs: Sequence[Job], workers: int,
                         f'running stages saved a checkpoint; run the same '
                         f'command again to resume them')
 
-  import signal  # pylint: disable=g-import-not-at-top
   import threading  # pylint: disable=g-import-not-at-top
   in_main_thread = threading.current_thread() is threading.main_thread()
   if in_main_thread:
@@ -449,7 +482,7 @@ def run_stages(jobs: Sequence[Job], workers: int,
           break
         if all(a in done for a in job.after):
           waiting.remove(job)
-          running[pool.submit(_run_job, job)] = job
+          running[pool.submit(_run_job, job, runner)] = job
       if not running:
         raise ValueError('jobs wait on each other: '
                          f'{[job.name for job in waiting]}')
