@@ -1,5 +1,6 @@
 """tools/experiment.run_stages: which job runs when, what a bad job list
-says, and that an exception of a stage process reaches the tool whole. The
+says, and that an exception of a stage process reaches the tool whole;
+the random encoder the baselines evaluate. The
 demo end to end with two stage processes: tests/test_console.py."""
 
 import logging
@@ -9,8 +10,11 @@ import pickle
 import signal
 import time
 
+import numpy as np
 import pytest
+import tf_keras
 
+import simclr
 from simclr.tasks import actions
 from tools import console
 from tools import experiment
@@ -135,3 +139,30 @@ def _by_name(flag_values, on_progress):
   if 'slow_started' in flag_values:
     return quick_stage(flag_values, on_progress)
   return slow_stage(flag_values, on_progress)
+
+
+def test_the_random_encoder_loads_as_the_seeded_network_it_was(tmp_path):
+  architecture = dict(resnet_depth=18, width_multiplier=0.25)
+  path = str(tmp_path / 'random_encoder')
+  assert experiment.random_encoder(path, 3, architecture, 16) == path
+  tf_keras.utils.set_random_seed(3)
+  expected = simclr.build_model(simclr.ModelConfig(
+      **architecture, image_size=16, num_classes=None, global_bn=False))
+  loaded = simclr.load_model(path)
+  assert loaded.config == expected.config
+  assert len(loaded.variables) == len(expected.variables) > 100
+  for got, want in zip(loaded.variables, expected.variables):
+    np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=want.name)
+  # Another seed is another network: the comparison above can fail.
+  other = str(tmp_path / 'other')
+  experiment.random_encoder(other, 4, architecture, 16)
+  assert not np.array_equal(
+      simclr.load_model(other).resnet.variables[0].numpy(),
+      expected.resnet.variables[0].numpy())
+  # Written once: a second call leaves the files alone.
+  before = {p.name: p.stat().st_mtime_ns
+            for p in tmp_path.glob('random_encoder/*')}
+  experiment.random_encoder(path, 5, architecture, 16)
+  assert {p.name: p.stat().st_mtime_ns
+          for p in tmp_path.glob('random_encoder/*')} == before
+  assert not list(tmp_path.glob('.incomplete-*'))

@@ -529,7 +529,9 @@ def distill_section(rows, widths, fractions, teacher_width):
   return '\n'.join(lines)
 
 
-def write_outputs(rows, out, seconds, settings, machine):
+def write_outputs(rows, out, seconds, settings, machine, plots=True):
+  """Writes study.md and results.json (and the plots, unless plots=False);
+  returns study.md's text."""
   widths = sorted({float(w) for w in settings['widths']})
   fractions = sorted(settings['label_fractions'])
   few = [f for f in fractions if f < 1]
@@ -563,7 +565,8 @@ def write_outputs(rows, out, seconds, settings, machine):
     f.write(text)
   experiment.write_json(os.path.join(out, 'results.json'), dict(
       rows=rows, seconds=seconds, settings=settings, machine=machine))
-  plot(rows, out, widths, fractions, settings)
+  if plots:
+    plot(rows, out, widths, fractions, settings)
   return text
 
 
@@ -742,6 +745,9 @@ def main(argv):
       run_study(terminal, out, data_dir, recipe)
 
 
+PLOT_SECONDS = 300
+
+
 def run_study(terminal, out, data_dir, recipe=experiment.DIGITS):
   widths = sorted(float(w) for w in FLAGS.widths)
   fractions = sorted(float(f) for f in FLAGS.label_fractions)
@@ -769,10 +775,16 @@ def run_study(terminal, out, data_dir, recipe=experiment.DIGITS):
   started = time.time()
   machine = experiment.machine()
   rows = []
+  plotted = [time.time()]
   for study in studies:
     def partial(seed_rows, done=list(rows)):
+      # The tables after every stage; the plots (about a second) at most
+      # every PLOT_SECONDS, and after each seed.
+      plots = time.time() - plotted[0] >= PLOT_SECONDS
+      if plots:
+        plotted[0] = time.time()
       write_outputs(done + seed_rows, out, time.time() - started, settings,
-                    machine)
+                    machine, plots=plots)
     rows += study.run(progress, total, after_stage=partial)
     text = write_outputs(rows, out, time.time() - started, settings, machine)
   terminal.say(text)
