@@ -399,19 +399,24 @@ def _stop_stage(signum, frame):
   raise StageStopped(signal.Signals(signum).name)
 
 
+def _run(job: Job, runner: Callable, on_progress) -> Done:
+  """One job, in whichever process runs it: its random encoder, then the
+  stage."""
+  started = time.time()
+  if job.random_encoder:
+    random_encoder(*job.random_encoder)
+  result, params, reused = runner(job.flag_values, on_progress)
+  return Done(result, params, reused, time.time() - started)
+
+
 def _run_job(job: Job, runner: Callable) -> Done:
   """A job in a stage process: SIGTERM and SIGINT stop it (StageStopped, or
   Preempted with a checkpoint when they arrive in a training loop)."""
   for signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signum, _stop_stage)
   try:
-    started = time.time()
-    if job.random_encoder:
-      random_encoder(*job.random_encoder)
     progress = _WORKER['progress']
-    on_progress = lambda p: progress.put((job.name, p))  # pylint: disable=g-long-lambda
-    result, params, reused = runner(job.flag_values, on_progress)
-    return Done(result, params, reused, time.time() - started)
+    return _run(job, runner, lambda p: progress.put((job.name, p)))
   finally:
     for signum in (signal.SIGTERM, signal.SIGINT):
       signal.signal(signum, signal.SIG_IGN)
@@ -448,11 +453,7 @@ def run_stages(jobs: Sequence[Job], workers: int,
   if workers <= 1:
     for job in jobs:
       with console.live(job.name) as on_progress:
-        started = time.time()
-        if job.random_encoder:
-          random_encoder(*job.random_encoder)
-        result, params, reused = runner(job.flag_values, on_progress)
-        done[job.name] = Done(result, params, reused, time.time() - started)
+        done[job.name] = _run(job, runner, on_progress)
       on_done(job, done[job.name])
     return done
   import concurrent.futures  # pylint: disable=g-import-not-at-top
