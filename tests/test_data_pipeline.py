@@ -325,3 +325,24 @@ def test_folder_without_images_fails_when_inputs_open(tmp_path):
   os.makedirs(tmp_path / 'nothing')
   with pytest.raises(ValueError, match='nothing'):
     data.Inputs(data.DataConfig(dataset=f'folder:{tmp_path / "nothing"}'))
+
+
+@pytest.mark.parametrize('autotune', [False, True])
+def test_one_cpu_replica_reads_the_pipeline_with_its_own_options(
+    digits_dir, autotune):
+  # tf.distribute would wrap the pipeline in a multi-device iterator whose
+  # per-device pipeline has tf.data's default options (autotuning on): the
+  # input_autotune=False of a run on one CPU would not reach what it reads.
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  inputs = data.Inputs(digits_config(digits_dir, input_autotune=autotune))
+  for kind in ('views', 'labeled', 'eval'):
+    dataset = inputs.distributed_dataset(strategy, kind)
+    assert isinstance(dataset, tf.data.Dataset), kind
+    assert dataset.options().autotune.enabled is autotune, kind
+    # The same batches as the distribution gave, in the same order.
+    distributed = iter(strategy.distribute_datasets_from_function(
+        inputs.input_fn(kind)))
+    theirs = [next(distributed) for _ in range(2)]
+    for mine, their in zip(dataset.take(2), theirs):
+      for a, b in zip(mine, their):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

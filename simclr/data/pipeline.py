@@ -83,6 +83,17 @@ def _unlabel_all_but(ids):
   return unlabel
 
 
+def on_one_cpu(strategy: tf.distribute.Strategy) -> bool:
+  """Whether `strategy` runs one replica on a CPU (no copy to a device).
+  False for the default strategy, which distributes nothing anyway."""
+  try:
+    devices = strategy.extended.worker_devices
+  except RuntimeError:  # The default strategy has no devices to name.
+    return False
+  return (strategy.num_replicas_in_sync == 1 and len(devices) == 1 and
+          tf.DeviceSpec.from_string(devices[0]).device_type == 'CPU')
+
+
 class Inputs:
   """The data of one DataConfig: metadata and tf.data pipelines.
 
@@ -201,6 +212,14 @@ class Inputs:
     return lambda input_context: self.dataset(kind, input_context)
 
   def distributed_dataset(self, strategy: tf.distribute.Strategy, kind: str):
+    """The pipeline of `kind` for strategy.run's inputs. On one CPU replica
+    it is the plain pipeline: tf.distribute would wrap it in a multi-device
+    iterator whose own per-device pipeline has tf.data's default options,
+    autotuning included, whatever DataConfig.input_autotune says, and whose
+    release then waits for the autotuner's sleep (bench/NOTES.md). The
+    batches are the same, in the same order."""
+    if on_one_cpu(strategy):
+      return self.dataset(kind)
     return strategy.distribute_datasets_from_function(self.input_fn(kind))
 
   def dataset(self, kind: str,
