@@ -284,7 +284,8 @@ def test_bad_input_is_one_error_line_naming_it_with_exit_code_2(case,
 
 
 DEMO_DEFAULTS = dict(out=None, data_dir=None, seeds=['0'], scale=1.0,
-                     label_fractions=['0.01', '0.1'])
+                     label_fractions=['0.01', '0.1'], stage_workers=2,
+                     stage_threads=0)
 
 
 @pytest.mark.parametrize('values, named', [
@@ -295,6 +296,8 @@ DEMO_DEFAULTS = dict(out=None, data_dir=None, seeds=['0'], scale=1.0,
     (dict(scale=-1.0), '--scale=-1.0'),
     (dict(label_fractions=['0.5']), '--label_fractions: 0.5'),
     (dict(label_fractions=['ten']), "--label_fractions: 'ten'"),
+    (dict(stage_workers=0), '--stage_workers=0'),
+    (dict(stage_threads=-1), '--stage_threads=-1'),
 ])
 def test_demo_flag_checks_exit_2_with_one_line_naming_the_flag(
     values, named, places, capsys):

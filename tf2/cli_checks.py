@@ -83,7 +83,8 @@ def check_demo_flags(values, supported_fractions: Iterable[float]):
   --out (a directory it creates and writes), --data_dir (the same, digits
   are prepared there), --seeds (integers), --scale (> 0), --label_fractions
   (among `supported_fractions`, the fractions the demo has settings for),
-  --stage_workers (1 or more; absent from the study).
+  --stage_workers (1 or more), --stage_threads (0 or more; both absent
+  from the study).
   `values` has the demo's flags as attributes (absl's FLAGS)."""
   for flag in ('out', 'data_dir'):
     path = getattr(values, flag)
@@ -105,6 +106,9 @@ def check_demo_flags(values, supported_fractions: Iterable[float]):
   if workers < 1:
     fail(f'--stage_workers={workers}: expected 1 or more (1: one stage '
          f'after another)')
+  threads = getattr(values, 'stage_threads', 0)
+  if threads < 0:
+    fail(f'--stage_threads={threads}: expected 0 (every core) or more')
   supported = sorted(float(f) for f in supported_fractions)
   for fraction in values.label_fractions:
     try:

@@ -66,14 +66,15 @@ flags.DEFINE_bool('tune', False, 'Run the validation grids that chose the '
 flags.DEFINE_list('tune_groups', list(demo_tuning.GROUPS),
                   'With --tune: the grids to run (some of '
                   f'{",".join(demo_tuning.GROUPS)}).')
-flags.DEFINE_integer('stage_workers', 1, 'With 2 or more: stages that do '
-                     'not wait on each other run side by side in this many '
-                     'processes, each on cores/N TensorFlow threads (at '
-                     'least one); faster (2m31s against 3m21s on 2 cores) '
-                     'but the numbers differ from the default\'s (SimCLR '
-                     'rows lower, the supervised baseline higher on three '
-                     'seeds; docs/demo.md). 1: one stage '
-                     'after another in this process on every core.')
+flags.DEFINE_integer('stage_workers', 2, 'Stages that do not wait on each '
+                     'other run side by side in this many processes (2m44s '
+                     'against 3m20s for 1 on 2 cores, same table). 1: one '
+                     'stage after another in this process.')
+flags.DEFINE_integer('stage_threads', 0, 'With --stage_workers of 2 or more: '
+                     'TensorFlow threads of each stage process; 0: every '
+                     'core, which gives --stage_workers=1\'s numbers to the '
+                     'digit. 1 was faster on 2 cores (2m31s) but changes the '
+                     'numbers: one thread sums in another order (docs/demo.md).')
 flags.DEFINE_bool('verbose', False, 'Show every log line (absl, TFDS, '
                   'TensorFlow\'s C++ log) on the terminal; without it they '
                   'go to <out>/log.txt.')
@@ -121,10 +122,10 @@ class Pipeline:
         top5=result['eval/label_top_5_accuracy'], params=params))
 
   def run(self, fractions, workers=1, pretrain=None, finetune=None,
-          supervised=None, distill=None):
-    """Every row of the demo for this seed; `workers` stage processes
-    (experiment.run_stages); the keyword arguments replace the module's
-    settings."""
+          supervised=None, distill=None, threads=0):
+    """Every row of the demo for this seed; `workers` stage processes of
+    `threads` TensorFlow threads each (experiment.run_stages); the other
+    keyword arguments replace the module's settings."""
     pretrain = dict(PRETRAIN, **(pretrain or {}))
     pretrain['train_steps'] = steps(pretrain['train_steps'])
     pretrain_dir = os.path.join(self.out, 'pretrain')
@@ -174,7 +175,8 @@ class Pipeline:
     raw = {fraction: self.raw_pixels(fraction)
            for fraction in [1.0] + list(fractions)}
     done = experiment.run_stages([job for *_, job in stages], workers,
-                                 self.terminal, self.say_done)
+                                 self.terminal, self.say_done,
+                                 threads=threads)
     # The rows in one order whatever finished first.
     by_name = {job.name: (method, arch, fraction)
                for method, arch, fraction, job in stages}
@@ -351,7 +353,8 @@ def run_demo(terminal, out):
     terminal.say(f'[{time.time() - started:5.0f}s] seed {seed}')
     pipeline = Pipeline(seed, os.path.join(out, f'seed{seed}'), TRAIN_SPLIT,
                         TEST_SPLIT, FLAGS.data_dir, terminal)
-    rows += pipeline.run(fractions, FLAGS.stage_workers)
+    rows += pipeline.run(fractions, FLAGS.stage_workers,
+                         threads=FLAGS.stage_threads)
     write_outputs(rows, out, time.time() - started, terminal)
   first_seed_dir = os.path.join(out, f'seed{int(FLAGS.seeds[0])}')
   for name, draw in (('embedding', lambda: draw_embedding(

@@ -313,16 +313,15 @@ def run_stage(flag_values: Dict[str, Any], on_progress=None):
 
 
 # ---------------------------------------------------------------------------
-# Stages side by side (opt-in): on a 2-core CPU one small network's training
-# step uses the second core poorly (ResNet-18 0.25x at 16x16: 2,480 images/s
-# on one thread, 3,514 on two), while two processes of one thread each reach
-# 5,100 together and overlap each other's single-threaded tracing: make demo
-# took 2m31s instead of 3m21s. But one thread sums floats in another order
-# than two, and a deterministic run carries that over hundreds of steps:
-# the demo's SimCLR rows came out lower on each of three seeds (linear
-# evaluation 97.9 against 98.6 mean) and the supervised baseline higher, so
-# the default stays one stage after another on every core (docs/demo.md,
-# bench/NOTES.md).
+# Stages side by side: on a 2-core CPU one small network's training step
+# leaves part of the second core idle (tracing is single-threaded, the input
+# pipeline waits on the step and the step on it), so two stage processes,
+# each on every core as one process would be, did the demo in 2m44s instead
+# of 3m20s with the same table to the digit. One thread per process was
+# faster still (2m31s) but one thread sums floats in another order than two,
+# and a deterministic run carries that over hundreds of steps: the SimCLR
+# rows came out lower on each of three seeds (docs/demo.md, bench/NOTES.md).
+# Three processes were slower (3m30s): the cores were oversubscribed.
 
 
 @dataclasses.dataclass
@@ -354,7 +353,8 @@ def _worker_init(progress, threads: int, verbosity: int, quiet: bool,
   """A stage process (spawned): absl at the tool's verbosity, library prints
   where the tool's go (file descriptor 2 is the log unless --verbose; with
   it, log_path gets the Python log as the tool's does), TensorFlow on
-  `threads` intra-op threads. Tells the tool its process id."""
+  `threads` intra-op threads (0: its default). Tells the tool its process
+  id."""
   # First of all: an idle stage process ignores SIGTERM and SIGINT (Ctrl-C
   # reaches the whole process group). Killed by one, it would break the pool,
   # and the pool would then kill the stages still training before they save
@@ -374,7 +374,8 @@ def _worker_init(progress, threads: int, verbosity: int, quiet: bool,
     python_logging.getLogger().addHandler(handler)
   import simclr  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.threading.set_intra_op_parallelism_threads(threads)
+  if threads:
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
   _WORKER['progress'] = progress
   progress.put((_PID, os.getpid()))
 
@@ -425,7 +426,8 @@ def _run_job(job: Job, runner: Callable) -> Done:
 def run_stages(jobs: Sequence[Job], workers: int,
                console: console_lib.Console,
                on_done: Callable[[Job, Done], None],
-               runner: Optional[Callable] = None) -> Dict[str, Done]:
+               runner: Optional[Callable] = None,
+               threads: int = 0) -> Dict[str, Done]:
   """Runs `jobs` (each after the jobs its `after` names) and returns their
   Done by name; on_done(job, done) as each finishes. runner(flag_values,
   on_progress) -> (result, params, reused) runs one stage: run_stage unless
@@ -433,12 +435,14 @@ def run_stages(jobs: Sequence[Job], workers: int,
 
   workers=1: one after another in this process, in the given order (each
   job's `after` must come before it), on every core. workers>1: that many
-  spawned processes, each on cores/workers intra-op threads (at least one);
-  a free process takes the first job in the given order whose `after` have
-  finished, so list the longest chain first. The console shows the running
-  jobs' progress on one updating line. A job's results do not depend on
-  which process ran it or what ran there before (each stage seeds itself),
-  but they can differ in the last digits with the number of threads."""
+  spawned processes, each on `threads` intra-op threads (0: TensorFlow's
+  default, every core, as in this process); a free process takes the first
+  job in the given order whose `after` have finished, so list the longest
+  chain first. The console shows the running jobs' progress on one updating
+  line. A job's results do not depend on which process ran it or what ran
+  there before (each stage seeds itself), but they differ in the last digits
+  with the number of threads, which a deterministic run carries over its
+  steps: threads=0 gives workers=1's numbers."""
   names = [job.name for job in jobs]
   if len(set(names)) != len(names):
     raise ValueError(f'jobs with the same name: {names}')
@@ -461,8 +465,6 @@ def run_stages(jobs: Sequence[Job], workers: int,
   import queue as queue_lib  # pylint: disable=g-import-not-at-top
   context = multiprocessing.get_context('spawn')
   progress = context.Queue()
-  cores = len(os.sched_getaffinity(0))
-  threads = max(1, cores // workers)
   waiting = list(jobs)
   running = {}  # future -> job
   shown = {}  # job name -> its latest LoopProgress
