@@ -67,9 +67,9 @@ flags.DEFINE_list('tune_groups', list(demo_tuning.GROUPS),
                   'With --tune: the grids to run (some of '
                   f'{",".join(demo_tuning.GROUPS)}).')
 flags.DEFINE_integer('stage_workers', 2, 'Stages that do not wait on each '
-                     'other run side by side in this many processes (2m44s '
-                     'against 3m20s for 1 on 2 cores, same table). 1: one '
-                     'stage after another in this process.')
+                     'other run side by side in this many processes (2m45s-'
+                     '3m13s against 3m20s for 1 on 2 cores, same table). 1: '
+                     'one stage after another in this process.')
 flags.DEFINE_integer('stage_threads', 0, 'With --stage_workers of 2 or more: '
                      'TensorFlow threads of each stage process; 0: every '
                      'core, which gives --stage_workers=1\'s numbers to the '
