@@ -31,6 +31,7 @@ import tensorflow as tf
 from simclr import features as features_lib
 from simclr.configs import DataConfig
 from simclr.data import datasets
+from simclr.data import pipeline
 from simclr.models.simclr_model import SimCLRModel
 
 DEFAULT_K = 200
@@ -221,7 +222,7 @@ class KnnClassifier:
     neighbours = np.zeros([count, self.k], np.int32)
     classes = np.zeros([count, min(TOP_CLASSES, self.num_classes)], np.int32)
     step = self._step(leave_one_out)
-    for batch in self.strategy.experimental_distribute_dataset(dataset):
+    for batch in pipeline.distribute(self.strategy, dataset):
       top, nearest, ranked, index = (
           x.numpy() for x in step(batch))
       # Rows come back by query index: any order of the replicas is fine.

@@ -107,6 +107,7 @@ def build_step(config_name, precision, xla):
   when they are done."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from simclr.configs import configs_from_values  # pylint: disable=g-import-not-at-top
+  from simclr.data import pipeline  # pylint: disable=g-import-not-at-top
   from simclr.tasks import runner  # pylint: disable=g-import-not-at-top
   from simclr.tasks.build import build_trainer  # pylint: disable=g-import-not-at-top
   from simclr.tasks.build import build_training_state  # pylint: disable=g-import-not-at-top
@@ -130,7 +131,8 @@ def build_step(config_name, precision, xla):
   labels = tf.random.stateless_uniform([2 * batch], [3, 4], maxval=10,
                                        dtype=tf.int32)
   dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-  dataset = strategy.experimental_distribute_dataset(dataset)
+  # Read as training reads it (on one CPU: not through tf.distribute).
+  dataset = pipeline.distribute(strategy, dataset)
   trainer = build_trainer(configs, task, state, dataset, strategy,
                           summary_images=0)
   # Trainer.train returns the loop's metrics as numbers: the steps are done.

@@ -31,6 +31,7 @@ def time_setting(memory_size, memory_mode):
   """Seconds per step (after one traced step) of one setting."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from simclr.configs import configs_from_values  # pylint: disable=g-import-not-at-top
+  from simclr.data import pipeline  # pylint: disable=g-import-not-at-top
   from simclr.tasks.build import build_trainer  # pylint: disable=g-import-not-at-top
   from simclr.tasks.build import build_training_state  # pylint: disable=g-import-not-at-top
   from simclr.tasks.pretrain import PretrainTask  # pylint: disable=g-import-not-at-top
@@ -47,8 +48,8 @@ def time_setting(memory_size, memory_mode):
                                num_examples=1000 * batch, train_steps=1000)
   images = tf.random.stateless_uniform([2 * batch, size, size, 3], [1, 2])
   labels = tf.zeros([2 * batch], tf.int32)
-  dataset = strategy.experimental_distribute_dataset(
-      tf.data.Dataset.from_tensors((images, labels)).repeat())
+  dataset = pipeline.distribute(
+      strategy, tf.data.Dataset.from_tensors((images, labels)).repeat())
   trainer = build_trainer(configs, task, state, dataset, strategy,
                           summary_images=0)
   trainer.train(tf.constant(1, tf.int32))

@@ -94,6 +94,15 @@ def on_one_cpu(strategy: tf.distribute.Strategy) -> bool:
           tf.DeviceSpec.from_string(devices[0]).device_type == 'CPU')
 
 
+def distribute(strategy: tf.distribute.Strategy,
+               dataset: tf.data.Dataset):
+  """`dataset` (global batches) for strategy.run's inputs: as it is on one
+  CPU replica (see Inputs.distributed_dataset), else distributed."""
+  if on_one_cpu(strategy):
+    return dataset
+  return strategy.experimental_distribute_dataset(dataset)
+
+
 class Inputs:
   """The data of one DataConfig: metadata and tf.data pipelines.
 
