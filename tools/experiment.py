@@ -317,11 +317,12 @@ def run_stage(flag_values: Dict[str, Any], on_progress=None):
 # leaves part of the second core idle (tracing is single-threaded, the input
 # pipeline waits on the step and the step on it), so two stage processes,
 # each on every core as one process would be, did the demo in 2m45s-3m13s
-# instead of 3m20s-3m21s with the same table to the digit. One thread per process was
-# faster still (2m31s) but one thread sums floats in another order than two,
-# and a deterministic run carries that over hundreds of steps: the SimCLR
-# rows came out lower on each of three seeds (docs/demo.md, bench/NOTES.md).
-# Three processes were slower (3m30s): the cores were oversubscribed.
+# instead of 3m20s-3m21s with the same table to the digit. One thread per
+# process was faster still (2m31s) but one thread sums floats in another
+# order than two, and a deterministic run carries that over hundreds of
+# steps: the SimCLR rows came out lower on each of three seeds (docs/demo.md,
+# bench/NOTES.md). Three processes were slower (3m30s): the cores were
+# oversubscribed.
 
 
 @dataclasses.dataclass
