@@ -229,3 +229,93 @@ def test_two_stage_processes_log_quietly_and_stop_on_sigterm(tmp_path):
   lines = stdout.splitlines()
   assert lines[0] == f'log: {log}'
   assert all(any(re.fullmatch(p, l) for p in OWN_LINES) for l in lines[1:])
+
+
+def test_the_pictures_are_written(quiet_run):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  out, _ = quiet_run
+  for name in ('embedding.png', 'augmentations.png', 'label_efficiency.png'):
+    with Image.open(out / name) as image:
+      assert image.format == 'PNG' and min(image.size) >= 100, name
+
+
+class SaidLines:
+  """A console.Console stand-in that keeps what it is told to say."""
+
+  def __init__(self):
+    self.lines = []
+
+  def say(self, line):
+    self.lines.append(line)
+
+
+def process_running(code):
+  """What demo.start_augmentations returns, for a Python one-liner."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  output = tempfile.TemporaryFile()
+  process = subprocess.Popen([sys.executable, '-c', code], stdout=output,
+                             stderr=subprocess.STDOUT)
+  process.output = output
+  return process
+
+
+def test_the_pictures_are_drawn_while_stages_run_and_failures_said(
+    monkeypatch):
+  import threading  # pylint: disable=g-import-not-at-top
+  from tools import demo  # pylint: disable=g-import-not-at-top
+  started, release, threads = threading.Event(), threading.Event(), []
+
+  def draw_embedding(seed_dir, out, data_dir):
+    threads.append(threading.current_thread())
+    started.set()
+    assert release.wait(60)
+    raise OSError(f'{out}/embedding.png: no space left on device')
+
+  monkeypatch.setattr(demo, 'draw_embedding', draw_embedding)
+  monkeypatch.setattr(demo, 'start_augmentations', lambda out, data_dir: (
+      process_running('import sys; print("starting"); '
+                      'sys.exit("error: --image_size=0: expected > 0")')))
+  said = SaidLines()
+  pictures = demo.Pictures('demo_out', 'data', 'demo_out/seed0', said)
+  pictures.dataset_ready()
+  augmentations = pictures.augmentations
+  assert augmentations is not None
+  pictures.stage_done('pretrain')
+  pictures.stage_done('supervised_1pct')
+  assert pictures.embedding is None and not started.is_set()
+  pictures.stage_done('random_linear_eval')
+  # Drawn in a thread of its own while the caller goes on.
+  assert started.wait(60)
+  assert threads[0] is not threading.main_thread()
+  release.set()
+  pictures.finish()
+  assert augmentations.returncode == 1
+  assert said.lines == [
+      'embedding picture not drawn: demo_out/embedding.png: no space left '
+      'on device',
+      'augmentation picture not drawn: tf2/show_augmentations.py exited '
+      'with 1: error: --image_size=0: expected > 0']
+
+
+def test_pictures_not_started_are_drawn_at_the_end_and_cancel_stops_them(
+    monkeypatch):
+  import threading  # pylint: disable=g-import-not-at-top
+  from tools import demo  # pylint: disable=g-import-not-at-top
+  threads = []
+  monkeypatch.setattr(demo, 'draw_embedding', lambda *args: threads.append(
+      threading.current_thread()))
+  monkeypatch.setattr(demo, 'start_augmentations',
+                      lambda out, data_dir: process_running('pass'))
+  said = SaidLines()
+  pictures = demo.Pictures('demo_out', 'data', 'demo_out/seed0', said)
+  pictures.finish()
+  assert threads == [threading.main_thread()] and said.lines == []
+  # Stopped early (Ctrl-C, SIGTERM): the picture's process does not outlive
+  # the demo.
+  monkeypatch.setattr(demo, 'start_augmentations', lambda out, data_dir: (
+      process_running('import time; time.sleep(120)')))
+  pictures = demo.Pictures('demo_out', 'data', 'demo_out/seed0', said)
+  pictures.dataset_ready()
+  process = pictures.augmentations
+  pictures.cancel()
+  assert process.poll() is not None and process.returncode < 0

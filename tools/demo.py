@@ -99,13 +99,16 @@ class Pipeline:
   """One seed of the demo on (train_split, eval_split), written under out;
   its stage lines go to `terminal` (a console.Console)."""
 
-  def __init__(self, seed, out, train_split, eval_split, data_dir, terminal):
+  def __init__(self, seed, out, train_split, eval_split, data_dir, terminal,
+               pictures=None):
     self.seed = seed
     self.out = out
     self.train_split = train_split
     self.eval_split = eval_split
     self.data_dir = data_dir
     self.terminal = terminal
+    # A Pictures told when the dataset is prepared and as stages finish.
+    self.pictures = pictures
     self.rows = []
 
   def flags(self, name, **values):
@@ -174,6 +177,8 @@ class Pipeline:
     # before any stage process reads it.
     raw = {fraction: self.raw_pixels(fraction)
            for fraction in [1.0] + list(fractions)}
+    if self.pictures:
+      self.pictures.dataset_ready()
     done = experiment.run_stages([job for *_, job in stages], workers,
                                  self.terminal, self.say_done,
                                  threads=threads)
@@ -208,6 +213,8 @@ class Pipeline:
     self.terminal.say(
         f'  {job.name}: {done.seconds:.0f}s'
         + (f', top-1 {100 * top1:.1f}%' if top1 is not None else ''))
+    if self.pictures:
+      self.pictures.stage_done(job.name[len(f'seed {self.seed} '):])
 
   def raw_pixels(self, fraction):
     """Logistic regression and k-NN on the 8x8 pixels, with the label
@@ -316,15 +323,113 @@ def draw_embedding(seed_dir, out, data_dir):
   show_embedding.draw_embeddings(panels, os.path.join(out, 'embedding.png'))
 
 
-def draw_augmentations(out):
+def start_augmentations(out, data_dir):
+  """Starts tf2/show_augmentations.py on the demo's augmentation settings,
+  writing demo_out/augmentations.png, in a process of its own; returns it
+  (a subprocess.Popen, its output in a temporary file, `.output`)."""
   import subprocess  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
   augment_flags = [f'--{k}={v}' for k, v in AUGMENT.items()]
-  subprocess.run([sys.executable, os.path.join(ROOT, 'tf2',
-                                               'show_augmentations.py'),
-                  '--out=' + os.path.join(out, 'augmentations.png'),
-                  '--dataset=digits', f'--image_size={IMAGE_SIZE}',
-                  f'--data_dir={FLAGS.data_dir}'] + augment_flags,
-                 check=True, capture_output=True, timeout=300)
+  output = tempfile.TemporaryFile()
+  process = subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, 'tf2', 'show_augmentations.py'),
+       '--out=' + os.path.join(out, 'augmentations.png'), '--dataset=digits',
+       f'--image_size={IMAGE_SIZE}', f'--data_dir={data_dir}'] +
+      augment_flags, stdin=subprocess.DEVNULL, stdout=output,
+      stderr=subprocess.STDOUT)
+  process.output = output
+  return process
+
+
+class Pictures:
+  """The embedding and augmentation pictures, drawn while the stages still
+  run instead of after them (about 13 s of a 2.5-minute demo on 2 cores):
+  the augmentation picture in a process of its own once the first seed has
+  prepared the dataset, the embedding in a thread of this process once the
+  first seed's pretrained and random encoders are written. finish() waits
+  for both (drawing what was not started yet) and says on the terminal
+  which could not be drawn; the demo's table does not depend on them."""
+
+  EMBEDDING_NEEDS = frozenset(['pretrain', 'random_linear_eval'])
+  TIMEOUT_SECONDS = 300
+
+  def __init__(self, out, data_dir, seed_dir, terminal):
+    self.out = out
+    self.data_dir = data_dir
+    self.seed_dir = seed_dir
+    self.terminal = terminal
+    self.augmentations = None
+    self.embedding = None
+    self.errors = {}
+    self.finished = set()
+
+  def dataset_ready(self):
+    if self.augmentations is None and 'augmentation' not in self.errors:
+      try:
+        self.augmentations = start_augmentations(self.out, self.data_dir)
+      except Exception as e:  # pylint: disable=broad-except
+        self.errors['augmentation'] = e
+
+  def stage_done(self, name):
+    self.finished.add(name)
+    if self.embedding is None and self.EMBEDDING_NEEDS <= self.finished:
+      import threading  # pylint: disable=g-import-not-at-top
+      self.embedding = threading.Thread(target=self._draw_embedding,
+                                        name='embedding picture', daemon=True)
+      self.embedding.start()
+
+  def _draw_embedding(self):
+    try:
+      draw_embedding(self.seed_dir, self.out, self.data_dir)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.exception('embedding picture not drawn')
+      self.errors['embedding'] = e
+
+  def wait_for_embedding(self):
+    if self.embedding is not None:
+      self.embedding.join()
+
+  def finish(self):
+    """Waits for both pictures (starting what was not started) and says
+    which could not be drawn."""
+    import subprocess  # pylint: disable=g-import-not-at-top
+    if self.embedding is None:
+      self._draw_embedding()
+    else:
+      self.embedding.join()
+    self.dataset_ready()
+    process = self.augmentations
+    if process is not None:
+      try:
+        code = process.wait(timeout=self.TIMEOUT_SECONDS)
+        if code:
+          process.output.seek(0)
+          text = process.output.read().decode(errors='replace').strip()
+          logging.error('tf2/show_augmentations.py exited with %d:\n%s',
+                        code, text)
+          last = text.splitlines()[-1] if text else 'no output'
+          self.errors['augmentation'] = RuntimeError(
+              f'tf2/show_augmentations.py exited with {code}: {last}')
+      except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        self.errors['augmentation'] = RuntimeError(
+            f'tf2/show_augmentations.py did not finish in '
+            f'{self.TIMEOUT_SECONDS} s')
+      process.output.close()
+      self.augmentations = None
+    for name in ('embedding', 'augmentation'):
+      if name in self.errors:
+        self.terminal.say(f'{name} picture not drawn: '
+                          f'{console.one_line(self.errors[name])}')
+
+  def cancel(self):
+    """Stops the augmentation picture's process if it still runs (the demo
+    stopped early)."""
+    process = self.augmentations
+    if process is not None and process.poll() is None:
+      process.kill()
+      process.wait()
 
 
 def main(argv):
@@ -349,22 +454,23 @@ def run_demo(terminal, out):
                      groups=FLAGS.tune_groups, say=terminal.say)
     return
   rows = []
-  for seed in [int(s) for s in FLAGS.seeds]:
-    terminal.say(f'[{time.time() - started:5.0f}s] seed {seed}')
-    pipeline = Pipeline(seed, os.path.join(out, f'seed{seed}'), TRAIN_SPLIT,
-                        TEST_SPLIT, FLAGS.data_dir, terminal)
-    rows += pipeline.run(fractions, FLAGS.stage_workers,
-                         threads=FLAGS.stage_threads)
-    write_outputs(rows, out, time.time() - started, terminal)
-  first_seed_dir = os.path.join(out, f'seed{int(FLAGS.seeds[0])}')
-  for name, draw in (('embedding', lambda: draw_embedding(
-      first_seed_dir, out, FLAGS.data_dir)), ('augmentation',
-                                              lambda: draw_augmentations(out))):
-    try:
-      draw()
-    except Exception as e:  # pylint: disable=broad-except
-      logging.exception('%s picture not drawn', name)
-      terminal.say(f'{name} picture not drawn: {console.one_line(e)}')
+  seeds = [int(s) for s in FLAGS.seeds]
+  pictures = Pictures(out, FLAGS.data_dir,
+                      os.path.join(out, f'seed{seeds[0]}'), terminal)
+  try:
+    for seed in seeds:
+      terminal.say(f'[{time.time() - started:5.0f}s] seed {seed}')
+      pipeline = Pipeline(seed, os.path.join(out, f'seed{seed}'),
+                          TRAIN_SPLIT, TEST_SPLIT, FLAGS.data_dir, terminal,
+                          pictures=pictures if seed == seeds[0] else None)
+      rows += pipeline.run(fractions, FLAGS.stage_workers,
+                           threads=FLAGS.stage_threads)
+      # matplotlib's pyplot is not for two threads at once.
+      pictures.wait_for_embedding()
+      write_outputs(rows, out, time.time() - started, terminal)
+    pictures.finish()
+  finally:
+    pictures.cancel()
   terminal.say(f'demo finished in {time.time() - started:.0f}s; outputs in '
                f'{out}')
 
