@@ -1,7 +1,7 @@
 """Every place where the library (simclr/) depends on behaviour of
 TensorFlow, orbit or TFDS that has no public API, gathered here so that an
 upgrade that breaks one fails a test in tests/test_compat.py by name instead
-of misbehaving. There are six:
+of misbehaving. There are seven:
 
 1. orbit's Controller prints a line of every metric after each loop (its
    module function `orbit.controller._log`, print + absl info); the runs print
@@ -25,6 +25,10 @@ of misbehaving. There are six:
 6. The example generator of TFDS's own FashionMNIST builder, its private
    method `_generate_examples(num_examples, data_path, label_path)`
    (fashion_mnist_examples).
+7. orbit's StandardTrainer keeps its input iterator in the attribute
+   `_train_iter`, which tf.Module's attribute tracking also records;
+   setting the public `train_dataset` to None leaves the tracked reference
+   (release_train_iterator).
 
 Outside the library: tools/bench_profile.py (a developer's tool, not
 installed) reads the profiler's trace with the non-public module
@@ -60,6 +64,20 @@ def quiet_orbit_controller():
   # Imported here: the rest of this module is used where orbit is not.
   import orbit  # pylint: disable=g-import-not-at-top
   orbit.controller._log = lambda message: logging.debug('%s', message)  # pylint: disable=protected-access
+
+
+def release_train_iterator(trainer):
+  """Lets go of an orbit StandardTrainer's input iterator now (see module
+  doc), when the trainer will not train again. A trainer's step functions
+  refer back to it, so Python's cycle collector frees it, and its iterator,
+  at some later moment; freeing a tf.data iterator whose autotuner has been
+  idle waits for the autotuner's sleep, which grows while it idles
+  (collections of 5 to 60 s were measured in the demo and in the tests,
+  bench/NOTES.md). Freed right after its last batch, it does not wait."""
+  trainer.train_dataset = None  # orbit's public reset, not enough alone.
+  if '_train_iter' in vars(trainer):
+    del trainer._train_iter  # pylint: disable=protected-access
+    trainer._train_iter = None  # pylint: disable=protected-access
 
 
 def assert_finite(loss, step, terms: Dict[str, tf.Tensor]):

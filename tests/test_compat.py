@@ -167,3 +167,37 @@ def test_flag_values_become_configs_without_tensorflow():
           'assert "tensorflow" not in sys.modules, "tensorflow imported"')
   subprocess.run([sys.executable, '-c', code], check=True, cwd=os.path.join(
       os.path.dirname(__file__), '..'))
+
+
+def test_a_released_orbit_trainer_frees_its_iterator_without_the_collector():
+  import gc  # pylint: disable=g-import-not-at-top
+  import weakref  # pylint: disable=g-import-not-at-top
+
+  class Summing(orbit.StandardTrainer):
+
+    def __init__(self):
+      self.total = tf.Variable(0, dtype=tf.int64)
+      super().__init__(tf.data.Dataset.range(10))
+
+    def train_step(self, iterator):
+      self.total.assign_add(next(iterator))
+
+  trainer = Summing()
+  trainer.train(tf.constant(3))
+  assert int(trainer.total.numpy()) == 0 + 1 + 2
+  # compat.release_train_iterator reads orbit's attribute by this name.
+  iterator = getattr(trainer, '_train_iter', None)
+  assert isinstance(iterator, tf.data.Iterator), (
+      f'{ORBIT}: StandardTrainer no longer keeps its iterator in '
+      f'_train_iter; compat.release_train_iterator lets nothing go')
+  alive = weakref.ref(iterator)
+  del iterator
+  gc.disable()
+  try:
+    compat.release_train_iterator(trainer)
+    assert alive() is None, (
+        f'{ORBIT} / {TENSORFLOW}: the trainer still holds its iterator '
+        f'after compat.release_train_iterator')
+  finally:
+    gc.enable()
+  assert trainer.train_dataset is None

@@ -391,3 +391,31 @@ def test_the_train_step_is_traced_once(values):
   # Pretraining updates every layer; fine-tuning from the head input none of
   # the head's, from its first layer not the second.
   assert head <= trained if pretrain else not head & trained
+
+
+def test_a_finished_run_leaves_no_input_iterator_for_the_collector(tmp_path):
+  # Its iterator is freed when the run ends, not at a later collection that
+  # would wait for the tf.data autotuner's sleep (simclr.compat,
+  # release_train_iterator). The collector is off during the run, so that
+  # nothing it frees meanwhile can hide a new iterator.
+  import gc  # pylint: disable=g-import-not-at-top
+
+  def live_iterators():
+    return sum(isinstance(o, tf.data.Iterator) for o in gc.get_objects())
+
+  gc.collect()
+  before = live_iterators()
+  gc.disable()
+  try:
+    result = simclr.train(
+        train_mode='pretrain', dataset='digits',
+        data_dir=str(tmp_path / 'tfds'), image_size=16, resnet_depth=18,
+        width_multiplier=0.125, train_batch_size=16, eval_batch_size=64,
+        train_steps=2, steps_per_loop=1, use_tpu=False,
+        model_dir=str(tmp_path / 'run'), mode='train_then_eval',
+        eval_split='test', export_saved_model=False)
+    after = live_iterators()
+  finally:
+    gc.enable()
+  assert result['global_step'] == 2
+  assert after == before

@@ -293,6 +293,8 @@ class Run:
         if message is None:
           raise
         raise NonFiniteLossError(message) from None
+      finally:
+        compat.release_train_iterator(trainer)
     actions.save_checkpoint(manager, int(state.global_step.numpy()))
     if knn_monitor is not None:
       self.knn_metrics = knn_monitor.last_metrics
