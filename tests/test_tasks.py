@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 
 import simclr
+from simclr import compat
 from simclr.configs import configs_from_values
+from simclr.data import pipeline
 from simclr.tasks import TASKS
 from simclr.tasks.base import RunError
 from simclr.tasks.build import build_trainer
@@ -52,8 +54,9 @@ def one_step(task, images, labels, return_trainer=False):
   model = state.model
   before = model(images, training=True)
   before = {k: v.numpy() for k, v in before.items()}
-  dataset = strategy.experimental_distribute_dataset(
-      tf.data.Dataset.from_tensors((images, labels)).repeat())
+  # Read as a run reads it (on one CPU: not through tf.distribute).
+  dataset = pipeline.distribute(
+      strategy, tf.data.Dataset.from_tensors((images, labels)).repeat())
   trainer = build_trainer(configs, task, state, dataset, strategy,
                           summary_images=0)
   head = model.supervised_head
@@ -63,6 +66,9 @@ def one_step(task, images, labels, return_trainer=False):
   outputs = {k.split('/')[-1]: float(v) for k, v in outputs.items()}
   if return_trainer:
     return state, outputs, before, (kernel, bias), trainer
+  # As a run does when it ends: a later collection would free the iterator
+  # only after the idle tf.data autotuner's sleep.
+  compat.release_train_iterator(trainer)
   return state, outputs, before, (kernel, bias)
 
 
@@ -162,6 +168,7 @@ def test_pretrain_with_memory_negatives_adds_the_queued_keys_as_negatives():
   queued = queue.queue.numpy()[:2 * BATCH]
   second = state.model(images, training=True)['proj_head_output'].numpy()
   outputs = trainer.train(tf.constant(1, tf.int32))
+  compat.release_train_iterator(trainer)
   np.testing.assert_allclose(
       float(outputs['train/contrast_loss']),
       numpy_nt_xent(second, 0.5, negatives=queued), rtol=1e-5)
@@ -388,6 +395,7 @@ def test_the_train_step_is_traced_once(values):
   head = {id(v) for v in state.model.projection_head.head_layers[
       values.get('ft_proj_selector', 0):][0].trainable_variables}
   trained = {id(v) for v in trainer.trained_variables}
+  compat.release_train_iterator(trainer)
   # Pretraining updates every layer; fine-tuning from the head input none of
   # the head's, from its first layer not the second.
   assert head <= trained if pretrain else not head & trained
