@@ -250,7 +250,8 @@ class SaidLines:
 
 
 def process_running(code):
-  """What demo.start_augmentations returns, for a Python one-liner."""
+  """What demo_pictures.start_augmentations returns, for a Python
+  one-liner."""
   import tempfile  # pylint: disable=g-import-not-at-top
   output = tempfile.TemporaryFile()
   process = subprocess.Popen([sys.executable, '-c', code], stdout=output,
@@ -262,7 +263,7 @@ def process_running(code):
 def test_the_pictures_are_drawn_while_stages_run_and_failures_said(
     monkeypatch):
   import threading  # pylint: disable=g-import-not-at-top
-  from tools import demo  # pylint: disable=g-import-not-at-top
+  from tools import demo_pictures  # pylint: disable=g-import-not-at-top
   started, release, threads = threading.Event(), threading.Event(), []
 
   def draw_embedding(seed_dir, out, data_dir):
@@ -271,12 +272,14 @@ def test_the_pictures_are_drawn_while_stages_run_and_failures_said(
     assert release.wait(60)
     raise OSError(f'{out}/embedding.png: no space left on device')
 
-  monkeypatch.setattr(demo, 'draw_embedding', draw_embedding)
-  monkeypatch.setattr(demo, 'start_augmentations', lambda out, data_dir: (
-      process_running('import sys; print("starting"); '
-                      'sys.exit("error: --image_size=0: expected > 0")')))
+  monkeypatch.setattr(demo_pictures, 'draw_embedding', draw_embedding)
+  monkeypatch.setattr(
+      demo_pictures, 'start_augmentations', lambda out, data_dir: (
+          process_running('import sys; print("starting"); '
+                          'sys.exit("error: --image_size=0: expected > 0")')))
   said = SaidLines()
-  pictures = demo.Pictures('demo_out', 'data', 'demo_out/seed0', said)
+  pictures = demo_pictures.Pictures('demo_out', 'data', 'demo_out/seed0',
+                                    said)
   pictures.dataset_ready()
   augmentations = pictures.augmentations
   assert augmentations is not None
@@ -300,21 +303,24 @@ def test_the_pictures_are_drawn_while_stages_run_and_failures_said(
 def test_pictures_not_started_are_drawn_at_the_end_and_cancel_stops_them(
     monkeypatch):
   import threading  # pylint: disable=g-import-not-at-top
-  from tools import demo  # pylint: disable=g-import-not-at-top
+  from tools import demo_pictures  # pylint: disable=g-import-not-at-top
   threads = []
-  monkeypatch.setattr(demo, 'draw_embedding', lambda *args: threads.append(
-      threading.current_thread()))
-  monkeypatch.setattr(demo, 'start_augmentations',
+  monkeypatch.setattr(demo_pictures, 'draw_embedding',
+                      lambda *args: threads.append(threading.current_thread()))
+  monkeypatch.setattr(demo_pictures, 'start_augmentations',
                       lambda out, data_dir: process_running('pass'))
   said = SaidLines()
-  pictures = demo.Pictures('demo_out', 'data', 'demo_out/seed0', said)
+  pictures = demo_pictures.Pictures('demo_out', 'data', 'demo_out/seed0',
+                                    said)
   pictures.finish()
   assert threads == [threading.main_thread()] and said.lines == []
   # Stopped early (Ctrl-C, SIGTERM): the picture's process does not outlive
   # the demo.
-  monkeypatch.setattr(demo, 'start_augmentations', lambda out, data_dir: (
-      process_running('import time; time.sleep(120)')))
-  pictures = demo.Pictures('demo_out', 'data', 'demo_out/seed0', said)
+  monkeypatch.setattr(
+      demo_pictures, 'start_augmentations',
+      lambda out, data_dir: process_running('import time; time.sleep(120)'))
+  pictures = demo_pictures.Pictures('demo_out', 'data', 'demo_out/seed0',
+                                    said)
   pictures.dataset_ready()
   process = pictures.augmentations
   pictures.cancel()
