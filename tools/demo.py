@@ -319,8 +319,8 @@ def run_demo(terminal, out):
     return
   rows = []
   seeds = [int(s) for s in FLAGS.seeds]
-  pictures = demo_pictures.Pictures(out, FLAGS.data_dir,
-                      os.path.join(out, f'seed{seeds[0]}'), terminal)
+  pictures = demo_pictures.Pictures(
+      out, FLAGS.data_dir, os.path.join(out, f'seed{seeds[0]}'), terminal)
   try:
     for seed in seeds:
       terminal.say(f'[{time.time() - started:5.0f}s] seed {seed}')

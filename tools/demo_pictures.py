@@ -110,8 +110,7 @@ class Pictures:
     import subprocess  # pylint: disable=g-import-not-at-top
     if self.embedding is None:
       self._draw_embedding()
-    else:
-      self.embedding.join()
+    self.wait_for_embedding()
     self.dataset_ready()
     process = self.augmentations
     if process is not None:
