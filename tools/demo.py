@@ -73,8 +73,10 @@ flags.DEFINE_integer('stage_workers', 2, 'Stages that do not wait on each '
 flags.DEFINE_integer('stage_threads', 0, 'With --stage_workers of 2 or more: '
                      'TensorFlow threads of each stage process; 0: every '
                      'core, which gives --stage_workers=1\'s numbers to the '
-                     'digit. 1 was faster on 2 cores (2m31s) but changes the '
-                     'numbers: one thread sums in another order (docs/demo.md).')
+                     'digit. 1 was 10% faster on 2 cores (3m00s against '
+                     '3m19s) but changes the numbers: one thread sums in '
+                     'another order (linear evaluation 0.5 points lower on '
+                     'average over nine seeds, docs/demo.md).')
 flags.DEFINE_bool('verbose', False, 'Show every log line (absl, TFDS, '
                   'TensorFlow\'s C++ log) on the terminal; without it they '
                   'go to <out>/log.txt.')
