@@ -23,7 +23,7 @@ $(VENV)/.installed: setup.py
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest tests $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) --durations=25 $(PYTEST_ARGS)
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest tests $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder) --durations=25 $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
 	$(PY) tools/demo.py

@@ -35,7 +35,7 @@ setuptools.setup(
     extras_require={
         'test': [
             'pytest',
-            'pytest-xdist',
+            'pytest-xdist>=3.8',  # --no-loadscope-reorder (Makefile)
             'nbclient',
             'nbformat',
             'ipykernel',

@@ -38,7 +38,10 @@ tf.config.set_logical_device_configuration(
 
 # The slowest files first (end-to-end subprocess runs), in order: with
 # `make test`'s two xdist processes taking whole files in collection order,
-# a slow file collected last ran alone at the end of the suite.
+# a slow file collected last ran alone at the end of the suite. The Makefile
+# passes --no-loadscope-reorder: by default pytest-xdist (3.5 and later)
+# hands out the files with the most tests first, which put these few-test
+# files at the end of the suite again.
 SLOW_FILES_FIRST = ('test_run.py', 'test_study.py', 'test_reliability.py',
                     'test_console.py', 'test_colabs.py',
                     'test_semi_supervision.py', 'test_knn.py', 'test_faq.py',
