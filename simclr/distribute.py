@@ -86,3 +86,22 @@ def build_strategy(config: StrategyConfig) -> tf.distribute.Strategy:
         [d.name for d in cpus[:max(config.num_logical_cpus, 1)]])
   device = gpus[0].name if gpus else cpus[0].name
   return tf.distribute.OneDeviceStrategy(device)
+
+
+def agree_on_read_variables(variables, strategy: tf.distribute.Strategy):
+  """Gives every replica the cross-replica mean of each of `variables` that
+  is read that way: batch norm's moving statistics (on-read variables, mean
+  aggregation). Without synchronised batch norm (--global_bn=False) each
+  replica updates its own copy while training, and a checkpoint or export
+  stores their mean; an evaluation inside the run (k-NN, eval at the end)
+  runs on the replicas, each reading its own copy, so it evaluated another
+  model than the one saved. Called before such an evaluation; the replicas
+  go on training from the mean. Nothing to do on one replica."""
+  if strategy.num_replicas_in_sync < 2:
+    return
+  with strategy.scope():
+    for variable in variables:
+      if (isinstance(variable, tf.distribute.DistributedValues) and
+          variable.synchronization == tf.VariableSynchronization.ON_READ and
+          variable.aggregation == tf.VariableAggregation.MEAN):
+        variable.assign(variable.read_value())

@@ -21,6 +21,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from simclr import distribute
 from simclr.configs import DataConfig
 from simclr.data import Inputs
 from simclr.data import datasets
@@ -95,6 +96,8 @@ class FeatureExtractor:
 
     num_batches: the dataset's length, for `progress(batches done,
     num_batches)`, called after every batch."""
+    # The statistics of the model a checkpoint would save, on every replica.
+    distribute.agree_on_read_variables(self.model.variables, self.strategy)
     features, labels = [], []
     for done, batch in enumerate(dataset, 1):
       batch_features, batch_labels, weights = (

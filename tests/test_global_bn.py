@@ -136,3 +136,48 @@ def test_without_global_bn_replicas_use_their_own_statistics(
     mirrored, _ = two_replica_pass(strategy, local_bn, weights, images)
   assert np.abs(mirrored['final_avg_pool'] -
                 single['final_avg_pool']).max() > 1e-2
+
+
+def inference_on_replicas(strategy, model, images):
+  """model(images, training=False)['final_avg_pool'], replica r on images
+  [4r, 4r + 4), concatenated in that order."""
+  half = BATCH // 2
+  shards = strategy.experimental_distribute_values_from_function(
+      lambda context: tf.constant(images[context.replica_id_in_sync_group *
+                                         half:][:half]))
+  outputs = strategy.run(
+      lambda x: model(x, training=False)['final_avg_pool'], args=(shards,))
+  return np.concatenate(
+      [t.numpy() for t in strategy.experimental_local_results(outputs)])
+
+
+def test_an_evaluation_on_the_replicas_sees_the_saved_statistics(
+    strategy, weights, images):
+  # Without global_bn each replica's training pass moves its own copy of the
+  # moving statistics, and a checkpoint stores their mean (get_weights reads
+  # the same). After agree_on_read_variables, which the evaluator and the
+  # feature extractor call first, an inference pass on the two replicas is
+  # that of one device holding the mean.
+  from simclr import distribute  # pylint: disable=g-import-not-at-top
+  local_bn = CONFIG.replace(global_bn=False)
+  with layers_in('float64'):
+    _, model = two_replica_pass(strategy, local_bn, weights, images)
+    statistics = [v for bn in batch_norm_layers(model)
+                  for v in (bn.moving_mean, bn.moving_variance)]
+    copies = [[t.numpy() for t in strategy.experimental_local_results(v)]
+              for v in statistics]
+    saved = simclr.build_model(local_bn)
+    saved.set_weights(model.get_weights())
+    expected = saved(tf.constant(images), training=False)[
+        'final_avg_pool'].numpy()
+    # The control: the replicas' own statistics give other features.
+    assert np.abs(inference_on_replicas(strategy, model, images) -
+                  expected).max() > 1e-3
+    distribute.agree_on_read_variables(model.variables, strategy)
+    for variable, (first, second) in zip(statistics, copies):
+      assert np.abs(first - second).max() > 0  # The replicas had diverged.
+      for copy in strategy.experimental_local_results(variable):
+        np.testing.assert_allclose(copy.numpy(), (first + second) / 2,
+                                   rtol=1e-12, atol=0)
+    np.testing.assert_allclose(inference_on_replicas(strategy, model, images),
+                               expected, rtol=1e-10, atol=1e-12)

@@ -12,6 +12,7 @@ import orbit
 import tensorflow as tf
 import tf_keras
 
+from simclr import distribute
 from simclr import optimization
 from simclr import paths
 from simclr.models.simclr_model import SimCLRModel
@@ -43,6 +44,8 @@ class ClassificationEvaluator(orbit.StandardEvaluator):
                          use_tf_while_loop=False))
 
   def eval_begin(self):
+    # The statistics of the model a checkpoint would save, on every replica.
+    distribute.agree_on_read_variables(self.model.variables, self.strategy)
     for metric in (self.top1, self.top5, self.regularization, self.examples):
       metric.reset_states()
 
