@@ -57,6 +57,14 @@ def single_device_pass(config, weights, images):
   return {k: outputs[k].numpy() for k in COMPARED}, model
 
 
+def replica_shards(strategy, images):
+  """Per-replica inputs: replica r gets images [4r, 4r + 4)."""
+  half = BATCH // 2
+  return strategy.experimental_distribute_values_from_function(
+      lambda context: tf.constant(images[context.replica_id_in_sync_group *
+                                         half:][:half]))
+
+
 def two_replica_pass(strategy, config, weights, images):
   """Replica r gets images [4r, 4r + 4); outputs concatenated in that order.
   Run eagerly: tracing a 2-replica pass with synchronized BN takes ~8 s here,
@@ -64,11 +72,8 @@ def two_replica_pass(strategy, config, weights, images):
   with strategy.scope():
     model = simclr.build_model(config)
     model.set_weights(weights)
-  half = BATCH // 2
-  shards = strategy.experimental_distribute_values_from_function(
-      lambda context: tf.constant(images[context.replica_id_in_sync_group *
-                                         half:][:half]))
-  outputs = strategy.run(lambda x: model(x, training=True), args=(shards,))
+  outputs = strategy.run(lambda x: model(x, training=True),
+                         args=(replica_shards(strategy, images),))
   return {
       k: np.concatenate([
           t.numpy() for t in strategy.experimental_local_results(outputs[k])
@@ -141,12 +146,9 @@ def test_without_global_bn_replicas_use_their_own_statistics(
 def inference_on_replicas(strategy, model, images):
   """model(images, training=False)['final_avg_pool'], replica r on images
   [4r, 4r + 4), concatenated in that order."""
-  half = BATCH // 2
-  shards = strategy.experimental_distribute_values_from_function(
-      lambda context: tf.constant(images[context.replica_id_in_sync_group *
-                                         half:][:half]))
   outputs = strategy.run(
-      lambda x: model(x, training=False)['final_avg_pool'], args=(shards,))
+      lambda x: model(x, training=False)['final_avg_pool'],
+      args=(replica_shards(strategy, images),))
   return np.concatenate(
       [t.numpy() for t in strategy.experimental_local_results(outputs)])
 
